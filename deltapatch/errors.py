@@ -1,0 +1,17 @@
+"""Errors a user can fix. Entry points print them as one line and exit non-zero."""
+
+
+class DeltaPatchError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(DeltaPatchError, ValueError):
+    """A name, value or path in the configuration is wrong."""
+
+
+class PatchError(DeltaPatchError, ValueError):
+    """A patch file is corrupt, or does not fit the network it is loaded onto."""
+
+
+class CheckpointError(DeltaPatchError, ValueError):
+    """A checkpoint file is missing, truncated, or holds something other than tensors."""
