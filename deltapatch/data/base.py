@@ -90,8 +90,11 @@ class ClassificationDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         max_train_samples: int | None = None,
+        name: str | None = None,
     ):
         super().__init__()
+        if name is not None:
+            self.name = name
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
         self.classes = list(classes) if classes is not None else None
         self.image_size, self.batch_size = image_size, batch_size
