@@ -1,0 +1,183 @@
+"""Feature cache: exact features, memory == memmap, reuse without recompute, corrupt files
+recomputed, and training from the cache matches training from images."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deltapatch import ConfigError, DeltaNetwork, create_backbone
+from deltapatch.cache import HEADER_BYTES, FeatureCache, FeatureDataset
+
+N, BS = 20, 8  # 20 is not a multiple of 8: the last, short batch is covered too
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(N, 3, 32, 32, generator=g), torch.randint(0, 5, (N,), generator=g))
+
+
+@pytest.fixture()
+def net():
+    torch.manual_seed(0)
+    net = DeltaNetwork(create_backbone("resnet18", num_classes=7), n_deltas=1)
+    net.add_task("t", 5)
+    return net
+
+
+def plain_loader(ds):
+    return DataLoader(ds, batch_size=BS, shuffle=False)
+
+
+class StemCounter:
+    """Counts prefix passes: every forward through the frozen prefix runs the stem's conv1 once."""
+
+    def __init__(self, net: DeltaNetwork):
+        self.calls = 0
+        net.base.conv1.register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.calls += 1
+
+
+def test_features_equal_base_features(net, data):
+    cache = FeatureCache.for_task(net, "t", plain_loader(data))
+    assert cache.stage == net.tasks["t"].first_stage == 3
+    assert not cache.memmapped and cache.path is None
+    want = torch.cat([net.base_features(x, upto=3) for x, _ in plain_loader(data)])
+    assert torch.equal(cache.features, want)
+    assert torch.equal(cache.labels, data.tensors[1])
+    f, y = cache.dataset[4]
+    assert torch.equal(f, want[4]) and int(y) == int(data.tensors[1][4])
+    fb, yb = cache.dataset[[4, 0, 7]]
+    assert torch.equal(fb, want[[4, 0, 7]]) and torch.equal(yb, data.tensors[1][[4, 0, 7]])
+
+
+def test_memmap_equals_memory_and_is_reused(net, data, tmp_path):
+    counter = StemCounter(net)
+    mem = FeatureCache(net, 2, plain_loader(data))
+    passes = counter.calls
+    assert passes == -(-N // BS)
+    disk = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, max_memory_bytes=0)
+    assert disk.memmapped and disk.computed and disk.path.is_file()
+    assert counter.calls == 2 * passes
+    assert torch.equal(disk.features, mem.features) and torch.equal(disk.labels, mem.labels)
+    assert list(tmp_path.iterdir()) == [disk.path]  # no temp file left behind
+
+    again = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, max_memory_bytes=0)
+    assert not again.computed and again.memmapped
+    assert counter.calls == 2 * passes  # reused: not one more prefix pass
+    assert torch.equal(again.features, mem.features) and torch.equal(again.labels, mem.labels)
+
+    # a file small enough for memory is read into RAM on reuse
+    small = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path)
+    assert not small.computed and not small.memmapped
+    assert torch.equal(small.features, mem.features)
+
+    # another stage, another dataset id, another base: different files
+    other = FeatureCache(net, 3, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, persist=True)
+    assert other.computed and other.path != disk.path
+    other_id = FeatureCache(net, 2, plain_loader(data), dataset_id="other", cache_dir=tmp_path, persist=True)
+    assert other_id.computed and other_id.path != disk.path
+    with torch.no_grad():
+        net.base.layer1[0].conv1.weight[0, 0, 0, 0] += 1.0
+    changed = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, persist=True)
+    assert changed.computed and changed.path != disk.path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "garbage_header", "empty"])
+def test_corrupt_file_is_recomputed(net, data, tmp_path, damage):
+    first = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
+    path, want = first.path, first.features.clone()
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[:-100]
+    elif damage == "flip_byte":
+        raw[-5] ^= 0xFF
+    elif damage == "garbage_header":
+        raw[:HEADER_BYTES] = b"x" * HEADER_BYTES
+    else:
+        raw = b""
+    path.write_bytes(bytes(raw))
+    counter = StemCounter(net)
+    again = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
+    assert again.computed and counter.calls > 0
+    assert torch.equal(again.features, want)
+    # and the rewritten file is good again
+    third = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
+    assert not third.computed and torch.equal(third.features, want)
+
+
+def test_dataset_size_change_is_not_reused(net, data, tmp_path):
+    FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
+    fewer = TensorDataset(*(t[:12] for t in data.tensors))
+    again = FeatureCache(net, 3, plain_loader(fewer), dataset_id="d", cache_dir=tmp_path, persist=True)
+    assert again.computed and len(again) == 12
+
+
+def test_refuses_misuse(net, data):
+    with pytest.raises(ConfigError, match="shuffle"):
+        FeatureCache(net, 3, DataLoader(data, batch_size=BS, shuffle=True))
+    with pytest.raises(ConfigError, match="dataset_id"):
+        FeatureCache(net, 3, plain_loader(data), cache_dir="unused")
+    with pytest.raises(ConfigError, match="range"):
+        FeatureCache(net, 9, plain_loader(data))
+    unfrozen = DeltaNetwork(create_backbone("resnet18", num_classes=7), freeze_base=False)
+    with pytest.raises(ConfigError, match="frozen"):
+        FeatureCache(unfrozen, 3, plain_loader(data))
+    with pytest.raises(ValueError):
+        FeatureDataset(torch.zeros(3, 2), torch.zeros(2))
+
+
+def test_loader_batches_match_shuffled_image_loader(net, data):
+    cache = FeatureCache.for_task(net, "t", plain_loader(data))
+    img = DataLoader(data, batch_size=BS, shuffle=True, generator=torch.Generator().manual_seed(5))
+    feat = cache.loader(BS, shuffle=True, generator=torch.Generator().manual_seed(5))
+    for epoch in range(2):  # reshuffled each epoch, identically in both
+        pairs = list(zip(img, feat, strict=True))
+        for (_, y_img), (_, y_feat) in pairs:
+            assert torch.equal(y_img, y_feat)
+    order = torch.cat([y for _, y in cache.loader(BS, shuffle=False)])
+    assert torch.equal(order, data.tensors[1])
+
+
+@pytest.mark.parametrize("memmap", [False, True])
+def test_training_from_cache_matches_training_from_images(net, data, tmp_path, memmap):
+    """Same seed, same batches: losses and final logits agree to float tolerance."""
+    net_img, net_feat = net, copy.deepcopy(net)
+    kwargs = dict(dataset_id="d", cache_dir=tmp_path, max_memory_bytes=0) if memmap else {}
+    cache = FeatureCache.for_task(net_feat, "t", plain_loader(data), **kwargs)
+    assert cache.memmapped == memmap
+
+    def run(model, batches, forward):
+        torch.manual_seed(3)
+        opt = torch.optim.SGD(model.trainable_parameters("t"), lr=0.05, momentum=0.9)
+        model.train()
+        losses = []
+        for _ in range(2):
+            for x, y in batches():
+                loss = nn.functional.cross_entropy(forward(model, x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        return torch.tensor(losses)
+
+    g_img, g_feat = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    img_loader = DataLoader(data, batch_size=BS, shuffle=True, generator=g_img)
+    feat_loader = cache.loader(BS, shuffle=True, generator=g_feat)
+    loss_img = run(net_img, lambda: img_loader, lambda m, x: m(x, task="t"))
+    loss_feat = run(net_feat, lambda: feat_loader, lambda m, h: m.forward_from(h, "t"))
+    assert len(loss_img) == 2 * -(-N // BS)
+    torch.testing.assert_close(loss_feat, loss_img, atol=1e-5, rtol=0)
+    assert not torch.equal(loss_img[0], loss_img[-1])  # it did train
+
+    net_img.eval(), net_feat.eval()
+    x = data.tensors[0][:8]
+    with torch.no_grad():
+        torch.testing.assert_close(net_feat(x, task="t"), net_img(x, task="t"), atol=1e-5, rtol=0)
+        for (a_name, a), (b_name, b) in zip(net_img.tasks.state_dict().items(), net_feat.tasks.state_dict().items()):
+            assert a_name == b_name
+            torch.testing.assert_close(b.float(), a.float(), atol=1e-5, rtol=0)
