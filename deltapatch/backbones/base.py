@@ -61,6 +61,20 @@ class BackboneAdapter:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier()(self.pre_logits(x))
 
+    def run_stage(self, stage: Stage, h: torch.Tensor) -> torch.Tensor:
+        if stage.pre is not None:
+            h = stage.pre(h)
+        for block in stage.blocks:
+            h = block(h)
+        return h
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and every stage: the input of :meth:`pre_logits`."""
+        h = self.stem(x)
+        for stage in self.stages():
+            h = self.run_stage(stage, h)
+        return h
+
 
 _ADAPTERS: list[type[BackboneAdapter]] = []
 

@@ -140,12 +140,7 @@ class DeltaNetwork(nn.Module):
         return torch.no_grad() if self.freeze_base else nullcontext()
 
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        st = self.stages[i]
-        if st.pre is not None:
-            h = st.pre(h)
-        for b in st.blocks:
-            h = b(h)
-        return h
+        return self.adapter.run_stage(self.stages[i], h)
 
     def _run_patched(self, task: str, start: int, h: torch.Tensor, record: dict | None = None) -> torch.Tensor:
         """From the input of stage ``start`` (base features) to the task's logits."""

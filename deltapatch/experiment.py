@@ -1,0 +1,169 @@
+"""One experiment, top to bottom: base model, tasks, training per scenario, evaluation,
+patch files and results.json. ``deltapatch.train`` is the Hydra entry point around :func:`run`."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import write_json
+from .data.base import ClassificationDataModule
+from .data.joint import JointDataModule
+from .errors import ConfigError, DeltaPatchError
+from .methods.base import Method
+from .patch import base_fingerprint
+from .training.base_model import obtain_base
+from .training.metrics import BASE_KEY, EvalSet, PatchMetrics, harmonic_mean, mean
+from .training.module import TaskModule
+
+log = logging.getLogger(__name__)
+SCENARIOS = ("single", "joint", "sequential")
+
+
+class InvariantError(DeltaPatchError):
+    """A method that promises to keep the base model changed it."""
+
+
+def build_tasks(cfg: DictConfig) -> dict[str, ClassificationDataModule]:
+    """``scenario.tasks``: name -> overrides of the top-level dataset (``classes``, ``sample_rate``…)
+    or a whole dataset config under ``dataset``."""
+    tasks = {}
+    for name, t in (cfg.scenario.tasks or {}).items():
+        t = t or {}
+        dcfg = t.get("dataset") or cfg.dataset
+        overrides = {k: v for k, v in t.items() if k != "dataset"}
+        tasks[str(name)] = instantiate(dcfg, **overrides)
+    if not tasks:
+        raise ConfigError("scenario.tasks is empty: give at least one task")
+    return tasks
+
+
+def _callbacks(cfg: DictConfig, task: str) -> list[L.Callback]:
+    out = []
+    for cb in (cfg.get("callbacks") or {}).values():
+        if cb is None:
+            continue
+        kwargs = {"dirpath": str(Path(cb.dirpath) / task)} if "dirpath" in cb else {}
+        out.append(instantiate(cb, **kwargs))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar when bars are off
+        out = [cb for cb in out if not isinstance(cb, L.pytorch.callbacks.ProgressBar)]
+    return out
+
+
+def _loggers(cfg: DictConfig) -> list:
+    return [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+
+
+def _trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       default_root_dir=cfg.paths.output_dir)
+
+
+def _scored_parts(name: str, dm: ClassificationDataModule):
+    """What to score for a trained task: itself, or each part of a joint task with its label offset
+    into the union head."""
+    if isinstance(dm, JointDataModule):
+        return [(key, part, dm.offsets[key]) for key, part in dm.parts.items()]
+    return [(name, dm, 0)]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the experiment ``cfg`` and return (and write) its results."""
+    if cfg.scenario.name not in SCENARIOS:
+        raise ConfigError(f"unknown scenario '{cfg.scenario.name}'; choose one of {', '.join(SCENARIOS)}")
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    accel = {"accelerator": cfg.trainer.get("accelerator", "cpu"), "devices": cfg.trainer.get("devices", 1),
+             "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)}
+    base = obtain_base(cfg, trainer_kwargs=accel)
+    tasks = build_tasks(cfg)
+    if cfg.scenario.name == "joint":
+        tasks = {str(cfg.scenario.get("joint_name", "joint")): JointDataModule(tasks)}
+    for dm in tasks.values():
+        dm.setup()
+    method: Method = instantiate(cfg.method.module, base=base.model)
+    device = torch.device("cuda" if accel["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    method.to(device)
+
+    val_set, test_set = EvalSet(), EvalSet()
+    if base.datamodule is not None:
+        base.datamodule.setup()
+        val_set.add(BASE_KEY, base.datamodule.val_dataloader(), base.num_classes, None)
+        test_set.add(BASE_KEY, base.datamodule.test_dataloader(), base.num_classes, None)
+    fingerprint = base_fingerprint(base.model)
+    before = test_set.evaluate(method, device).get(BASE_KEY, base.reference_acc)
+
+    aggregate = "mean" if cfg.scenario.name == "sequential" else "hmean"
+    loggers = _loggers(cfg)
+    results: dict[str, Any] = {
+        "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
+        "scenario": cfg.scenario.name, "n_deltas": cfg.n_deltas, "seed": cfg.seed,
+        "experiment": cfg.get("experiment_name"), "base_source": cfg.base.source,
+        "base_acc_before": before, "tasks": {}, "val": {}, "trainable_params": {}, "patch_files": {},
+        "extra": {}, "class_names": {},
+    }
+    at_end_of_task: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for index, (name, dm) in enumerate(tasks.items()):
+        # each task starts from its own seed, whatever ran (and drew random numbers) before it
+        L.seed_everything(cfg.seed + 1000 * index, workers=True, verbose=False)
+        method.add_task(name, dm.num_classes, dm.class_names)
+        results["class_names"][name] = dm.class_names
+        for key, part, offset in _scored_parts(name, dm):
+            val_set.add(key, part.val_dataloader(), dm.num_classes, name, offset)
+            test_set.add(key, part.test_dataloader(), dm.num_classes, name, offset)
+        module = TaskModule(method, name, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
+                            scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
+                            channels_last=cfg.get("channels_last", False))
+        callbacks = _callbacks(cfg, name) + [PatchMetrics(method, val_set, aggregate)]
+        trainer = _trainer(cfg, callbacks, loggers)
+        trainer.fit(module, datamodule=dm)
+        method.to(device)
+        results["trainable_params"][name] = method.num_trainable(name)
+        results["extra"][name] = method.end_task(name, lambda m: val_set.evaluate(m, device),
+                                                 lambda m: test_set.evaluate(m, device))
+        patch = method.save_patch(name, out_dir / "patches" / f"{name}.patch.safetensors",
+                                  config=OmegaConf.to_container(cfg, resolve=False))
+        if patch is not None:
+            results["patch_files"][name] = {"path": str(patch), "bytes": patch.stat().st_size}
+        if cfg.scenario.name == "sequential":  # scored again at the end: must not move for ∆
+            at_end_of_task[name] = test_set.evaluate(method, device, only=[name])[name]
+    results["train_seconds"] = time.perf_counter() - t0
+
+    accs = test_set.evaluate(method, device)
+    after = accs.pop(BASE_KEY, base.reference_acc)
+    results.update(base_acc_after=after, tasks=accs, val=val_set.evaluate(method, device))
+    scores = [after, *accs.values()]
+    results[aggregate] = harmonic_mean(scores) if aggregate == "hmean" else mean(scores)
+    if base.datamodule is None:
+        results["base_acc_note"] = ("reference value from config" if base.reference_acc is not None
+                                    else "not measured: no base-task data configured (base.dataset)")
+    if at_end_of_task:
+        results["tasks_when_trained"] = at_end_of_task
+    if method.keeps_base:
+        if base_fingerprint(base.model) != fingerprint or (before is not None and after != before):
+            raise InvariantError(f"method '{cfg.method.name}' changed the base model "
+                                 f"(base accuracy {before} -> {after}); this is a bug")
+        moved = {k: (v, accs[k]) for k, v in at_end_of_task.items() if accs[k] != v}
+        if moved:
+            raise InvariantError(f"method '{cfg.method.name}' changed earlier tasks {moved}; this is a bug")
+    results["base_model_unchanged"] = base_fingerprint(base.model) == fingerprint
+
+    for lg in loggers:
+        lg.log_metrics({f"test/{k}/acc": v for k, v in accs.items()} | {
+            f"test/{aggregate}": results[aggregate] or 0.0, "test/base/acc": after or 0.0})
+        lg.save()
+        if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float, str))})
+            wandb.finish()  # one W&B run per multirun job
+    write_json(out_dir / "results.json", results)
+    log.info("results: base %s -> %s, tasks %s, %s %s", before, after, accs, aggregate, results[aggregate])
+    return results

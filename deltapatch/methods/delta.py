@@ -1,0 +1,50 @@
+"""∆-Networks as a method: each task gets ∆-modules on the last ``n_deltas`` stages and a head."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..delta import DeltaNetwork
+from ..patch import save_patch
+from .base import Method
+
+
+class DeltaMethod(Method):
+    """∆-Networks(n). ``gate``/``bn_placement`` select the paper's ablations (Table 8):
+    ``gate=constant`` is ``all_skips``, ``gate=static`` ``all_skips_learnable``, ``gate=random``
+    ``random_lambda``; ``bn_placement=none`` removes the variance-fixing BN."""
+
+    name = "delta"
+
+    def __init__(self, base: nn.Module, n_deltas: int = 1, bn_placement: str = "out", gate: str = "delta",
+                 gate_kwargs: dict | None = None, freeze_base: bool = True):
+        super().__init__(base)
+        self.net = DeltaNetwork(base, n_deltas=n_deltas, bn_placement=bn_placement, gate=gate,
+                                gate_kwargs=dict(gate_kwargs or {}), freeze_base=freeze_base)
+        self.keeps_base = freeze_base
+
+    def add_task(self, name: str, num_classes: int, class_names: list[str] | None = None) -> None:
+        self.net.add_task(name, num_classes, class_names=class_names)
+        self.task_classes[name] = class_names
+
+    def forward(self, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        return self.net(x, task=task)
+
+    def trainable_parameters(self, task: str) -> list[nn.Parameter]:
+        return self.net.trainable_parameters(task)
+
+    def save_patch(self, task: str, path: Path, config: dict | None = None) -> Path:
+        return save_patch(self.net, task, path, config=config)
+
+
+class FinetuneDeltaMethod(DeltaMethod):
+    """``finetune_delta``: ∆-modules trained together with the unfrozen backbone (the paper's
+    transfer-learning row). The base task is scored with the changed backbone and base head."""
+
+    name = "finetune_delta"
+
+    def __init__(self, base: nn.Module, **kwargs):
+        kwargs["freeze_base"] = False
+        super().__init__(base, **kwargs)

@@ -1,0 +1,110 @@
+"""The LightningModule that trains one task of a method (and the one that trains a base model)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..methods.base import Method
+
+
+def _default_optimizer(params):
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``method``'s task ``task`` with cross-entropy; optimizes only
+    ``method.trainable_parameters(task)``. Frozen parts stay in eval mode because every method's
+    ``train()`` keeps them there."""
+
+    def __init__(self, method: Method, task: str, num_classes: int,
+                 optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 label_smoothing: float = 0.0, channels_last: bool = False):
+        super().__init__()
+        self.method, self.task = method, task
+        self.optimizer_factory = optimizer or _default_optimizer
+        self.scheduler_factory = scheduler
+        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # predictions are passed as class ids, so a one-class task (a sequential step) works too
+        self.train_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
+        self.val_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.method(x, self.task)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        self.train_acc(logits.argmax(1), y)
+        self.log(f"{self.task}/train_loss", loss, prog_bar=True)
+        self.log(f"{self.task}/train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits.argmax(1), y)
+        self.log(f"{self.task}/val_loss", self.loss(logits, y))
+        self.log(f"{self.task}/val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.method.trainable_parameters(self.task) if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
+    """Linear warm-up then cosine to 0 (PAINT's schedule), stepped every batch."""
+    import math
+
+    total = max(int(total_steps), 1)
+    warm = min(warmup_steps, total - 1) if total > 1 else 0
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(total - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+
+class BaseModule(L.LightningModule):
+    """Trains a whole backbone on the base task (``base=train``)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, lr: float = 1e-3, weight_decay: float = 1e-4):
+        super().__init__()
+        self.model, self.lr, self.weight_decay = model, lr, weight_decay
+        self.loss = nn.CrossEntropyLoss()
+        self.val_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("base/train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self(x).argmax(1), y)
+        self.log("base/val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr,
+                                                    total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
