@@ -7,7 +7,6 @@ from typing import Sequence
 import torch
 from torchvision import datasets as tvd
 
-from ..errors import ConfigError
 from .files import FileDataModule, ImageFiles, list_dirs, list_images
 
 TORCHVISION_SETS = {"images_background": True, "images_evaluation": False}  # name -> Omniglot(background=)
@@ -18,7 +17,9 @@ class OmniglotDataModule(FileDataModule):
     (``images_background`` and ``images_evaluation``: 964 + 659 characters; or the small background
     sets of the pack). A set is looked for in ``data_dir/<set>`` and in torchvision's
     ``data_dir/omniglot-py/<set>``; ``download: true`` fetches the two standard sets with
-    torchvision. Each character is a class named ``alphabet/character``.
+    torchvision. Each character is a class named ``alphabet/character``; one listed by several
+    sets is one class, read from the first (the pack's two small sets both hold Greek and Latin,
+    with the same files: their union has 136 + 156 - 50 = 242 characters).
 
     Omniglot has no per-character split: ``test_fraction`` of each character's drawings (20 each)
     is the test split, chosen with ``split_seed`` (fixed, so every run shares one test set).
@@ -50,12 +51,17 @@ class OmniglotDataModule(FileDataModule):
         if not self._cache:
             g = torch.Generator().manual_seed(self.split_seed)
             names: list[str] = []
+            seen: set[str] = set()
             parts: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
             for set_name in self.sets:
                 for alphabet in list_dirs(self._find_set(set_name)):
                     for character in list_dirs(alphabet):
+                        name = f"{alphabet.name}/{character.name}"
+                        if name in seen:  # the same character (same files) listed by another set
+                            continue
+                        seen.add(name)
                         y = len(names)
-                        names.append(f"{alphabet.name}/{character.name}")
+                        names.append(name)
                         files = list_images(character)
                         perm = torch.randperm(len(files), generator=g).tolist()
                         n_test = int(round(len(files) * self.test_fraction))
@@ -64,8 +70,6 @@ class OmniglotDataModule(FileDataModule):
                             parts[part][1].extend([y] * len(chosen))
             if not names:
                 raise self.missing(self._find_set(self.sets[0]), "no <alphabet>/<character>/ folders found")
-            if len(set(names)) != len(names):
-                raise ConfigError(f"{self.name}: sets {self.sets} share characters; list each set once")
             self.all_class_names = names
             self._cache = {k: (ImageFiles(p), labels) for k, (p, labels) in parts.items()}
         return self._cache[split]
