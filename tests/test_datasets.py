@@ -7,14 +7,13 @@ No test reads ../shared/data.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import hydra.utils
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from deltapatch.data import ClassificationDataModule, DatasetNotFoundError, extract_once
 from deltapatch.data.base import to_rgb_pil
@@ -26,7 +25,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 ALL_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml"))
 
 
-def compose(name: str, tmp_path: Path, **overrides) -> "OmegaConf":
+def compose(name: str, tmp_path: Path, **overrides) -> DictConfig:
     """``conf/dataset/<name>.yaml`` inside a minimal root config whose paths live under tmp_path."""
     root = OmegaConf.create({
         "seed": 0,

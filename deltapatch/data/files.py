@@ -47,8 +47,7 @@ def extract_once(archives: Sequence[str | os.PathLike], dest: str | os.PathLike)
                     zf.extractall(tmp)  # zipfile itself drops absolute paths and '..'
             else:
                 with tarfile.open(p) as tf:
-                    # the "data" filter refuses links and paths that leave the folder
-                    tf.extractall(tmp, filter="data")
+                    _safe_extract(tf, tmp)
         try:
             tmp.rename(dest)
         except OSError:
@@ -58,6 +57,19 @@ def extract_once(archives: Sequence[str | os.PathLike], dest: str | os.PathLike)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _safe_extract(tf: tarfile.TarFile, dest: Path) -> None:
+    """Extract a tar without letting a member escape ``dest`` (absolute paths, '..', links)."""
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own check
+        tf.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for m in tf.getmembers():
+        target = (dest / m.name).resolve()
+        if m.issym() or m.islnk() or not (target == root or root in target.parents):
+            raise ValueError(f"refusing to extract {m.name!r} from an archive")
+    tf.extractall(dest)
 
 
 class ImageFiles(Sequence):

@@ -141,7 +141,8 @@ class GTSRBDataModule(FileDataModule):
                     paths += files
                     labels += [int(folder.name)] * len(files)
         else:
-            candidates = [root / "Final_Test" / "GT-final_test.csv", root / "Final_Test" / "Images" / "GT-final_test.csv",
+            candidates = [root / "Final_Test" / "GT-final_test.csv",
+                          root / "Final_Test" / "Images" / "GT-final_test.csv",
                           root / "GT-final_test.csv", root.parent / "GT-final_test.csv"]
             gt = next((c for c in candidates if c.is_file()), None)
             if gt is None:
