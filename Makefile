@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make train` (the default experiment) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install train test bench report clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install  ## the default experiment (offline, a few minutes on 2 CPU cores)
+	$(PY) -m deltapatch.train $(ARGS)
+
+test: install  ## the whole test suite
+	$(PY) -m pytest -q $(ARGS)
+
+bench: install  ## speed/size ratios side by side (scripts/bench.py)
+	$(PY) scripts/bench.py $(ARGS)
+
+report: install  ## tables and plots from every results.json under RUNS (default outputs/)
+	$(PY) scripts/report.py $(or $(RUNS),outputs) $(ARGS)
+
+clean:
+	rm -rf outputs/runs outputs/multirun .pytest_cache

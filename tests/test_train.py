@@ -1,0 +1,129 @@
+"""The experiment framework end to end: composed configs, each scenario, results.json, loggers."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deltapatch import DeltaNetwork, create_backbone, load_patch
+from deltapatch.experiment import run
+from deltapatch.training.base_model import base_cache_key
+
+from helpers import FAST, ROOT, cli_env
+
+
+def read_results(cfg) -> dict:
+    from pathlib import Path
+
+    return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+
+
+def test_single_delta_results(make_cfg):
+    cfg = make_cfg()
+    res = run(cfg)
+    assert read_results(cfg) == json.loads(json.dumps(res, default=str))
+    for key in ("method", "backbone", "scenario", "n_deltas", "seed", "base_acc_before", "base_acc_after",
+                "tasks", "hmean", "trainable_params", "patch_files", "train_seconds"):
+        assert key in res, key
+    assert (res["method"], res["backbone"], res["scenario"], res["n_deltas"]) == ("delta", "resnet18", "single", 1)
+    assert res["base_acc_before"] == res["base_acc_after"] and res["base_model_unchanged"]
+    assert 0 <= res["tasks"]["patch"] <= 100
+    assert res["hmean"] == pytest.approx(2 / (1 / res["base_acc_after"] + 1 / res["tasks"]["patch"]))
+    assert res["trainable_params"]["patch"] == 444291 + 512 * 5 + 5  # ∆(1) on resnet18 + 5-class head
+    # the patch file loads onto the cached base and reproduces the run's model
+    pf = res["patch_files"]["patch"]
+    assert pf["bytes"] < 2_000_000
+    from pathlib import Path
+
+    base_path = Path(cfg.paths.cache_dir) / "base" / f"resnet18-{base_cache_key(cfg)}.safetensors"
+    net = DeltaNetwork(create_backbone("resnet18", num_classes=5, pretrained=str(base_path)))
+    assert load_patch(net, pf["path"]) == "patch"
+    assert net.specs["patch"].class_names == ["5", "6", "7", "8", "9"]
+    # CSV logger got the callback's metrics
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
+    assert any(r.get("val/hmean") for r in rows) and any(r.get("test/patch/acc") for r in rows)
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "patch" / "last.ckpt").exists()
+
+
+def test_sequential_keeps_earlier_tasks(make_cfg):
+    res = run(make_cfg("scenario=sequential", "n_deltas=2"))
+    assert list(res["tasks"]) == ["t56", "t78", "t9"]
+    assert res["tasks_when_trained"] == res["tasks"]  # nothing moved after later tasks trained
+    assert res["base_acc_before"] == res["base_acc_after"]
+    assert res["mean"] == pytest.approx(sum([res["base_acc_after"], *res["tasks"].values()]) / 4)
+    assert "hmean" not in res
+    assert set(res["patch_files"]) == {"t56", "t78", "t9"}
+
+
+def test_joint_one_head_over_union(make_cfg):
+    res = run(make_cfg("scenario=joint"))
+    assert list(res["tasks"]) == ["t56", "t78", "t9"]  # each part scored with the union head
+    assert res["trainable_params"]["joint"] == 444291 + 512 * 5 + 5
+    assert len(res["class_names"]["joint"]) == 5
+    assert res["hmean"] == pytest.approx(
+        len(res["tasks"]) + 1 and  # harmonic mean of base and every part
+        (len(res["tasks"]) + 1) / sum(1 / v for v in [res["base_acc_after"], *res["tasks"].values()]))
+
+
+@pytest.mark.parametrize("method", ["fc", "finetune"])
+def test_baseline_methods(make_cfg, method):
+    res = run(make_cfg(f"method={method}"))
+    if method == "fc":
+        assert res["base_acc_before"] == res["base_acc_after"]
+        assert res["trainable_params"]["patch"] == 512 * 5 + 5
+        assert res["patch_files"] == {}
+    else:
+        assert res["trainable_params"]["patch"] > 11_000_000
+
+
+def test_base_is_cached(make_cfg):
+    cfg = make_cfg()
+    path = __import__("pathlib").Path(cfg.paths.cache_dir) / "base" / f"resnet18-{base_cache_key(cfg)}.safetensors"
+    run(cfg)
+    assert path.exists()
+    mtime = path.stat().st_mtime_ns
+    r1 = run(make_cfg("seed=1"))  # another seed patches the same base
+    assert path.stat().st_mtime_ns == mtime
+    assert base_cache_key(make_cfg("seed=1")) == base_cache_key(cfg)
+    assert base_cache_key(make_cfg("base.epochs=2")) != base_cache_key(cfg)
+    assert r1["seed"] == 1
+
+
+def test_cli_runs_and_numeric_group(tmp_path, base_cache):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "deltapatch.train", f"hydra.run.dir={out}", f"paths.cache_dir={base_cache}",
+           "n_deltas=2", *FAST]
+    p = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_deltas"] == 2 and res["base_acc_before"] == res["base_acc_after"]
+    assert (out / ".hydra" / "config.yaml").exists()  # the resolved config is saved with the run
+
+
+def test_multirun_grid(tmp_path, base_cache):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "deltapatch.train", "-m", f"hydra.sweep.dir={sweep}",
+           f"paths.cache_dir={base_cache}", "method=delta,fc", *FAST]
+    p = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = sorted(json.loads(f.read_text())["method"] for f in sweep.glob("*/results.json"))
+    assert found == ["delta", "fc"]
+
+
+def test_wandb_offline_logger(make_cfg, tmp_path):
+    pytest.importorskip("wandb")
+    import os
+
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    cfg = make_cfg("logger=wandb")
+    res = run(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and res["hmean"] is not None
+    assert cfg.logger.wandb.offline is True
+    assert "method:delta" in list(cfg.logger.wandb.tags)
