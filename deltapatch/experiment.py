@@ -74,7 +74,13 @@ def _scored_parts(name: str, dm: ClassificationDataModule):
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the experiment ``cfg`` and return (and write) its results."""
+    """Run the experiment ``cfg`` and return (and write) its results.
+
+    A scenario config with a ``runner`` (``_target_`` of a function taking ``cfg``) runs that
+    instead: detection, segmentation, domain adaptation... live in their own modules.
+    """
+    if cfg.scenario.get("runner") is not None:
+        return instantiate(cfg.scenario.runner, _partial_=True)(cfg)
     if cfg.scenario.name not in SCENARIOS:
         raise ConfigError(f"unknown scenario '{cfg.scenario.name}'; choose one of {', '.join(SCENARIOS)}")
     out_dir = Path(cfg.paths.output_dir)
