@@ -1,0 +1,86 @@
+"""Transfer learning (paper Table 5) and training from scratch (appendix Tables 12-13).
+
+``scenario=transfer`` trains one task on ``dataset`` (optionally a class subset, and a seeded,
+class-balanced ``sample_rate`` of its training split) starting from the base model, and reports
+the target test accuracy. There is no base task to keep: the paper compares ``method=finetune``
+(the vanilla baseline, whole network + new head) with ``method=finetune_delta`` (the same, with
+∆-modules trained together with the backbone) at ``n_deltas=4``.
+
+With ``base=scratch`` the backbone starts from random weights and trains together with the
+∆-modules (Tables 12-13): only methods that train the backbone make sense there.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..methods.base import Method
+from ..patch import base_fingerprint
+from ..training.base_model import obtain_base
+from ..training.metrics import accuracy
+from ..training.module import TaskModule
+from .common import (accelerator_kwargs, check_base, finish, make_loggers, make_trainer, results_skeleton,
+                     run_device)
+
+log = logging.getLogger(__name__)
+
+
+def run_transfer(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``method`` on the target ``dataset`` from ``base`` and score target test accuracy."""
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    sc = cfg.scenario
+    overrides = {"sample_rate": float(sc.sample_rate)}
+    if sc.get("classes") is not None:
+        overrides["classes"] = list(sc.classes)
+    dm = instantiate(cfg.dataset, **overrides)
+    dm.setup()
+    task = str(sc.get("task_name") or dm.name)
+
+    if cfg.base.source == "scratch":  # no pre-training: a random backbone the method trains
+        model = instantiate(cfg.backbone.model, pretrained=False, num_classes=dm.num_classes)
+    else:
+        model = obtain_base(cfg, trainer_kwargs=accelerator_kwargs(cfg)).model
+    fingerprint = base_fingerprint(model)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the new weights depend on the seed only
+    method: Method = instantiate(cfg.method.module, base=model)
+    if cfg.base.source == "scratch" and method.keeps_base:
+        raise ConfigError(f"base=scratch starts from random weights that method={cfg.method.name} would keep "
+                          f"frozen; train from scratch with method=finetune_delta (∆-Networks) or method=finetune")
+    device = run_device(cfg)
+    method.to(device)
+    method.add_task(task, dm.num_classes, dm.class_names)
+
+    module = TaskModule(method, task, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
+                        scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
+                        channels_last=cfg.get("channels_last", False))
+    loggers = make_loggers(cfg)
+    trainer = make_trainer(cfg, task, loggers, limit_val_batches=cfg.trainer.get("limit_val_batches"))
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - t0
+
+    method.to(device)
+    target = accuracy(method, dm.test_dataloader(), task, dm.num_classes, device)
+    val = accuracy(method, dm.val_dataloader(), task, dm.num_classes, device)
+    unchanged = check_base(model, fingerprint, frozen=method.keeps_base, what=f"transfer ({cfg.method.name})")
+
+    results = results_skeleton(cfg, dm.name)
+    results.update(train_seconds=seconds, base_model_unchanged=unchanged, metric="target_acc",
+                   target_acc=target, tasks={task: target}, val={task: val},
+                   sample_rate=float(sc.sample_rate), train_samples=len(dm.splits["train"]),
+                   classes=OmegaConf.to_container(sc.classes) if sc.get("classes") is not None else None,
+                   class_names={task: dm.class_names})
+    results["trainable_params"][task] = method.num_trainable(task)
+    patch = method.save_patch(task, out_dir / "patches" / f"{task}.patch.safetensors",
+                              config=OmegaConf.to_container(cfg, resolve=False))
+    if patch is not None:
+        results["patch_files"][task] = {"path": str(patch), "bytes": patch.stat().st_size}
+    return finish(cfg, results, loggers, {"test/target_acc": target})
