@@ -137,6 +137,7 @@ class Setup:
         self.inet.to(self.device, memory_format=self.fmt).eval()
 
         self.h = self.net.base_features(self.x, upto=self.first)  # one batch of cached features
+        self.shared_impl = self._probe_shared()  # eagerly: never from inside a compiled region
         self._compiled: dict[str, Callable] = {}
 
     # ------------------------------------------------------------ helpers
@@ -205,26 +206,23 @@ class Setup:
                 return f(self.x)
         return run
 
-    def shared_impl(self) -> str:
+    def _probe_shared(self) -> str:
         """How the shared-prefix case runs: ``net(x, tasks=[...])`` when it works for a list of
         tasks without the base; else the same sharing spelled out (one ``base_features`` pass,
         then ``forward_from`` per task) — DeltaNetwork.forward_tasks raised KeyError for that case
         (it kept features only *before* the last stage it ran, see the report of issue 6)."""
-        if not hasattr(self, "_shared_impl"):
-            try:
-                with torch.inference_mode():
-                    self.inet(self.x[:2], tasks=self.task_names)
-                self._shared_impl = "net(x, tasks=[...])"
-            except KeyError:
-                self._shared_impl = "workaround: base_features once + forward_from per task"
-        return self._shared_impl
+        try:
+            with torch.inference_mode():
+                self.inet(self.x[:2], tasks=self.task_names)
+            return "net(x, tasks=[...])"
+        except KeyError:
+            return "workaround: base_features once + forward_from per task"
 
     def _shared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.shared_impl().startswith("net("):
+        if self.shared_impl.startswith("net("):
             return self.inet(x, tasks=self.task_names)
-        first = min(self.inet.tasks[t].first_stage for t in self.task_names)
-        h = self.inet.base_features(x, upto=first)
-        return {t: self.inet._run_patched(t, first, h) for t in self.task_names}
+        h = self.inet.base_features(x, upto=self.first)  # every task here is ∆(1): same first stage
+        return {t: self.inet.forward_from(h, t) for t in self.task_names}
 
     def infer_shared(self) -> Any:
         f = self.fwd("infer_shared", self._shared)
@@ -238,8 +236,13 @@ class Setup:
 
 
 # ---------------------------------------------------------------------------- timing
-def time_cases(cases: dict[str, Callable[[], Any]], setup: Setup, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """ms per call of each case: warm-up, then ``repeats`` interleaved rounds."""
+def time_cases(cases: dict[str, Callable[[], Any]], setup: Setup, warmup: int, repeats: int,
+               cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Wall-clock ms per call of each case: warm-up, then ``repeats`` interleaved rounds.
+
+    ``cpu``, when given, receives the process CPU time (all threads) of the same calls: on a
+    machine shared with other work, time spent descheduled inflates wall-clock but not CPU time.
+    """
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -248,10 +251,13 @@ def time_cases(cases: dict[str, Callable[[], Any]], setup: Setup, warmup: int, r
     for _ in range(repeats):
         for name, fn in cases.items():
             setup.sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             setup.sync()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
+            t1, c1 = time.perf_counter(), time.process_time()
+            samples[name].append((t1 - t0) * 1e3)
+            if cpu is not None:
+                cpu.setdefault(name, []).append((c1 - c0) * 1e3)
     return samples
 
 
@@ -381,6 +387,32 @@ def breakdown_cases(setup: Setup) -> dict[str, Callable[[], Any]]:
 
 
 # ---------------------------------------------------------------------------- report
+def ratio_defs(k: int) -> dict[str, tuple[str, str]]:
+    """Each reported ratio as (numerator case, denominator case)."""
+    return {
+        "train_step_ratio_delta1_vs_finetune": ("step_delta1", "step_finetune"),
+        "train_step_ratio_delta1_vs_fc": ("step_delta1", "step_fc"),
+        "train_step_ratio_delta1_cached_vs_finetune": ("step_delta1_cached", "step_finetune"),
+        "epoch_ratio_cached_vs_uncached": ("epoch_delta1_cached", "epoch_delta1_uncached"),
+        "epoch_ratio_cached_memmap_vs_uncached": ("epoch_delta1_cached_memmap", "epoch_delta1_uncached"),
+        "epoch_ratio_cached_vs_finetune": ("epoch_delta1_cached", "epoch_finetune"),
+        "epoch_ratio_uncached_vs_finetune": ("epoch_delta1_uncached", "epoch_finetune"),
+        "infer_ratio_patched_vs_base": ("infer_patched_delta1", "infer_base"),
+        "infer_ratio_4tasks_shared_vs_separate": (f"infer_{k}tasks_shared", f"infer_{k}tasks_separate"),
+    }
+
+
+def ratios(t: dict[str, float], k: int) -> dict[str, float]:
+    """The ratios from one figure per case (medians, minima or CPU times)."""
+    return {name: t[a] / t[b] for name, (a, b) in ratio_defs(k).items()}
+
+
+def paired_ratios(samples: dict[str, list[float]], k: int) -> dict[str, float]:
+    """Median over rounds of the ratio within each round: both cases ran back to back, so a
+    change of load between rounds cancels out."""
+    return {name: median([x / y for x, y in zip(samples[a], samples[b])]) for name, (a, b) in ratio_defs(k).items()}
+
+
 def target_entry(value: float, limit: float) -> dict:
     ok = value <= limit
     entry: dict[str, Any] = {"value": value, "limit": f"<= {limit:g}", "status": "pass" if ok else "miss"}
@@ -391,22 +423,27 @@ def target_entry(value: float, limit: float) -> dict:
 
 
 def print_table(result: dict, plain: bool) -> None:
-    rows_ms = [(k, f"{v:.1f}", f"{min(result['ms_samples'][k]):.1f}", str(len(result["ms_samples"][k])))
+    cpu_ms = result.get("cpu_ms", {})
+    rows_ms = [(k, f"{v:.1f}", f"{min(result['ms_samples'][k]):.1f}",
+                f"{cpu_ms[k]:.1f}" if k in cpu_ms else "-", str(len(result["ms_samples"][k])))
                for k, v in result["ms"].items()]
     rows_t = []
     for name, key, _ in TARGETS:
         t = result["targets"][name]
         v = f"{t['value']:,}" if isinstance(t["value"], int) else f"{t['value']:.3f}"
         miss = "" if t["status"] == "pass" else f"+{t['over_by_pct']}%"
-        from_min = result["ratios_from_min"].get(key)
-        rows_t.append((key, v, "-" if from_min is None else f"{from_min:.3f}", t["limit"], t["status"].upper(), miss))
+        alt = [result.get(r, {}).get(key) for r in ("ratios_paired_median", "ratios_from_min", "ratios_from_cpu_time")]
+        alt = ["-" if a is None else f"{a:.3f}" for a in alt]
+        rows_t.append((key, v, *alt, t["limit"], t["status"].upper(), miss))
     rows_m = [(mode, f"{m['peak_rss_mb']:.0f}", f"{m['peak_rss_above_idle_mb']:.0f}",
                f"{m['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in m else "-")
               for mode, m in result.get("peak_memory", {}).items()]
     tables = [
-        ("time per call (ms)", ("case", "median", "min", "n"), rows_ms),
-        ("targets (value: ratio of medians; from min: ratio of fastest rounds)",
-         ("ratio / size", "value", "from min", "target", "status", "missed by"), rows_t),
+        ("time per call (ms): wall-clock median and min, process CPU time median", 
+         ("case", "median", "min", "cpu", "n"), rows_ms),
+        ("targets (value: ratio of wall-clock medians, which decides pass/miss; also the median of "
+         "per-round ratios, the ratio of fastest rounds, and the ratio of CPU times)",
+         ("ratio / size", "value", "paired", "from min", "from cpu", "target", "status", "missed by"), rows_t),
         ("peak memory per train mode (MB)", ("mode", "peak RSS", "above idle", "CUDA peak"), rows_m),
     ]
     try:
@@ -415,7 +452,8 @@ def print_table(result: dict, plain: bool) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        console = Console(stderr=False, soft_wrap=True)
+        # piped output (tee, CI logs): rich would fall back to 80 columns and squash the names
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 180)
         for title, cols, rows in tables:
             if not rows:
                 continue
@@ -434,9 +472,14 @@ def print_table(result: dict, plain: bool) -> None:
             print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
             for r in rows:
                 print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    load = result["config"]["loadavg_start"][0]
+    if result["config"]["device"] == "cpu" and load > (os.cpu_count() or 1):
+        print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs at start: other work shares these "
+              f"cores, so wall-clock figures are inflated and noisy; compare the min and CPU-time ratios")
+    be = result["cache_breakeven_epochs"]
     print(f"sizes: patch {result['patch_bytes_resnet18_delta1']:,} B, model {result['model_bytes_resnet18']:,} B; "
           f"cache build {result['cache_build_ms']:.0f} ms (pays off after "
-          f"{result['cache_breakeven_epochs']:.2f} epochs)")
+          f"{'never' if be is None else f'{be:.2f}'} epochs)")
 
 
 def run_profile(setup: Setup) -> None:
@@ -481,37 +524,31 @@ def main(argv: list[str] | None = None) -> dict | None:
         f"infer_{args.n_tasks}tasks_shared": setup.infer_shared,
         f"infer_{args.n_tasks}tasks_separate": setup.infer_separate,
     }
-    samples = time_cases(train, setup, args.warmup, args.repeats)
-    samples.update(time_cases(infer, setup, args.warmup, args.repeats))
-    samples.update(time_cases(breakdown_cases(setup), setup, args.warmup, args.repeats))
+    cpu: dict[str, list[float]] = {}
+    samples = time_cases(train, setup, args.warmup, args.repeats, cpu)
+    samples.update(time_cases(infer, setup, args.warmup, args.repeats, cpu))
+    samples.update(time_cases(breakdown_cases(setup), setup, args.warmup, args.repeats, cpu))
     epochs, extra = epoch_cases(setup)
-    samples.update(time_cases(epochs, setup, min(args.warmup, 1), args.epoch_repeats))
+    samples.update(time_cases(epochs, setup, min(args.warmup, 1), args.epoch_repeats, cpu))
     ms = {k: median(v) for k, v in samples.items()}
     if args.profile:
         run_profile(setup)
 
     k = args.n_tasks
     result: dict[str, Any] = {
-        "train_step_ratio_delta1_vs_finetune": ms["step_delta1"] / ms["step_finetune"],
-        "train_step_ratio_delta1_vs_fc": ms["step_delta1"] / ms["step_fc"],
-        "train_step_ratio_delta1_cached_vs_finetune": ms["step_delta1_cached"] / ms["step_finetune"],
-        "epoch_ratio_cached_vs_uncached": ms["epoch_delta1_cached"] / ms["epoch_delta1_uncached"],
-        "epoch_ratio_cached_memmap_vs_uncached": ms["epoch_delta1_cached_memmap"] / ms["epoch_delta1_uncached"],
-        "epoch_ratio_cached_vs_finetune": ms["epoch_delta1_cached"] / ms["epoch_finetune"],
-        "epoch_ratio_uncached_vs_finetune": ms["epoch_delta1_uncached"] / ms["epoch_finetune"],
-        "infer_ratio_patched_vs_base": ms["infer_patched_delta1"] / ms["infer_base"],
-        "infer_ratio_4tasks_shared_vs_separate": ms[f"infer_{k}tasks_shared"] / ms[f"infer_{k}tasks_separate"],
+        **ratios(ms, k),
         "patch_bytes_resnet18_delta1": sizes["patch"],
         "model_bytes_resnet18": sizes["model"],
         "patch_params_delta1": sizes["patch_params"],
-        "infer_shared_impl": setup.shared_impl(),
+        "infer_shared_impl": setup.shared_impl,
         "cache_build_ms": extra["cache_build_ms"],
         "cache_bytes": extra["cache_bytes"],
-        "cache_breakeven_epochs": extra["cache_build_ms"]
-        / max(ms["epoch_delta1_uncached"] - ms["epoch_delta1_cached"], 1e-9),
+        # epochs after which building the cache has paid for itself (None: it never does)
+        "cache_breakeven_epochs": extra["cache_build_ms"] / (ms["epoch_delta1_uncached"] - ms["epoch_delta1_cached"])
+        if ms["epoch_delta1_uncached"] > ms["epoch_delta1_cached"] else None,
         "ms": ms,
-        "ms_min": {k: min(v) for k, v in samples.items()},
-        "ms_samples": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
+        "ms_min": {name: min(v) for name, v in samples.items()},
+        "ms_samples": {name: [round(v, 3) for v in vs] for name, vs in samples.items()},
     }
     if args.backbone != "resnet18":  # the key names say resnet18; keep them honest
         result["note_backbone"] = f"sizes are for {args.backbone}, not resnet18"
@@ -525,18 +562,14 @@ def main(argv: list[str] | None = None) -> dict | None:
                 entry["cuda_peak_above_start_mb"] = m["cuda_peak_above_start_bytes"] / 2**20
             result["peak_memory"][mode] = entry
         for mode in MEM_MODES[1:]:
-            result[f"peak_mem_mb_{mode}"] = result["peak_memory"][mode]["peak_rss_above_idle_mb"]
+            result[f"peak_mem_above_idle_mb_{mode}"] = result["peak_memory"][mode]["peak_rss_above_idle_mb"]
     # the same ratios from the fastest round of each case: on a machine shared with other work,
     # the minimum is the least disturbed estimate of the compute cost (the medians stay official)
-    mn = result["ms_min"]
-    result["ratios_from_min"] = {
-        "train_step_ratio_delta1_vs_finetune": mn["step_delta1"] / mn["step_finetune"],
-        "train_step_ratio_delta1_vs_fc": mn["step_delta1"] / mn["step_fc"],
-        "epoch_ratio_cached_vs_uncached": mn["epoch_delta1_cached"] / mn["epoch_delta1_uncached"],
-        "epoch_ratio_cached_vs_finetune": mn["epoch_delta1_cached"] / mn["epoch_finetune"],
-        "infer_ratio_patched_vs_base": mn["infer_patched_delta1"] / mn["infer_base"],
-        "infer_ratio_4tasks_shared_vs_separate": mn[f"infer_{k}tasks_shared"] / mn[f"infer_{k}tasks_separate"],
-    }
+    result["ratios_from_min"] = ratios(result["ms_min"], k)
+    result["ratios_paired_median"] = paired_ratios(samples, k)
+    if setup.device.type == "cpu":  # CPU time says nothing about GPU work
+        result["cpu_ms"] = {name: median(v) for name, v in cpu.items()}
+        result["ratios_from_cpu_time"] = ratios(result["cpu_ms"], k)
     result["targets"] = {name: target_entry(result[key], limit) for name, key, limit in TARGETS}
     result["targets_missed"] = [name for name, t in result["targets"].items() if t["status"] == "miss"]
     result["config"] = {

@@ -33,7 +33,7 @@ def test_bench_quick_prints_json(tmp_path):
     assert 0 < result["patch_bytes_resnet18_delta1"] < result["model_bytes_resnet18"]
     for mode in ("finetune", "fc", "delta1", "delta1_cached"):
         assert result["peak_memory"][mode]["peak_rss_mb"] > 0
-        assert f"peak_mem_mb_{mode}" in result
+        assert result[f"peak_mem_above_idle_mb_{mode}"] == result["peak_memory"][mode]["peak_rss_above_idle_mb"]
     assert all(v > 0 for v in result["ms"].values())
     targets = result["targets"]
     assert {"delta1_step_vs_finetune", "delta1_step_vs_fc", "cached_epoch_vs_uncached", "patched_infer_vs_base",
