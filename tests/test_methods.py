@@ -331,6 +331,12 @@ def test_paint_selection():
     method.add_task("a", 3)
     out = method.end_task("a", lambda m: {"base": 50.0, "a": 50.0}, lambda m: {"base": 1.0, "a": 1.0})
     assert out["alpha"] == 0.3
+    # test_sweep=false: the test split is scored at the chosen α only
+    method = PaintMethod(r18(), alphas=[0.0, 1.0], test_sweep=False)
+    method.add_task("a", 3)
+    out = method.end_task("a", lambda m: {"base": 50.0, "a": 50.0}, lambda m: {"base": 1.0, "a": 2.0})
+    assert [set(r) for r in out["alpha_sweep"]] == [{"alpha", "val", "test"}, {"alpha", "val"}]
+    assert out["alpha_sweep"][0]["test"] == {"base": 1.0, "a": 2.0, "hmean": pytest.approx(4 / 3)}
 
 
 def test_clipped_adamw_clips_before_stepping():

@@ -108,7 +108,7 @@ class HookedMethod(Method):
         if name in self.tasks:
             raise ConfigError(f"task name '{name}' is already taken (existing: {list(self.tasks)})")
         ref = next(self.base.parameters())
-        mods = self.make_task_modules(name).to(ref.device)
+        mods = self.make_task_modules(name).to(device=ref.device, dtype=ref.dtype)
         mods.train(self.training)
         self.tasks[name] = mods
         self.heads[name] = nn.Linear(self.adapter.num_features, num_classes).to(ref.device, ref.dtype)
