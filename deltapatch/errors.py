@@ -15,3 +15,11 @@ class PatchError(DeltaPatchError, ValueError):
 
 class CheckpointError(DeltaPatchError, ValueError):
     """A checkpoint file is missing, truncated, or holds something other than tensors."""
+
+
+class CorruptDataError(DeltaPatchError):
+    """A data file (an image, an archive) exists but cannot be read."""
+
+
+class ResourceError(DeltaPatchError):
+    """The run needs more of a resource (GPU memory, disk) than there is."""

@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import write_json
 from .data.base import ClassificationDataModule
 from .data.joint import JointDataModule
-from .errors import ConfigError, DeltaPatchError
+from .errors import ConfigError, DeltaPatchError, ResourceError
 from .methods.base import Method
 from .patch import base_fingerprint
 from .training.base_model import obtain_base
 from .training.metrics import BASE_KEY, EvalSet, PatchMetrics, harmonic_mean, mean
 from .training.module import TaskModule
+from .training.progress import RunProgress
 
 log = logging.getLogger(__name__)
 SCENARIOS = ("single", "joint", "sequential")
@@ -73,6 +74,20 @@ def _scored_parts(name: str, dm: ClassificationDataModule):
     return [(name, dm, 0)]
 
 
+def _fit_task(cfg: DictConfig, method: Method, name: str, dm: ClassificationDataModule, val_set: EvalSet,
+              aggregate: str, loggers: list, ckpt: Path | None) -> None:
+    """Train task ``name`` (from ``ckpt`` when resuming mid-task)."""
+    module = TaskModule(method, name, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
+                        scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
+                        channels_last=cfg.get("channels_last", False))
+    trainer = _trainer(cfg, _callbacks(cfg, name) + [PatchMetrics(method, val_set, aggregate)], loggers)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    except torch.cuda.OutOfMemoryError:
+        raise ResourceError(f"out of GPU memory training task '{name}' at batch size {dm.batch_size}; "
+                            f"retry with dataset.batch_size={max(dm.batch_size // 2, 1)}") from None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the experiment ``cfg`` and return (and write) its results.
 
@@ -114,9 +129,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "base_acc_before": before, "tasks": {}, "val": {}, "trainable_params": {}, "patch_files": {},
         "extra": {}, "class_names": {},
     }
+    progress = RunProgress(out_dir, cfg.get("resume", "auto"))
     at_end_of_task: dict[str, float] = {}
-    t0 = time.perf_counter()
+    restore_from: str | None = None  # last finished task whose snapshot still has to be loaded
+    seconds = 0.0
     for index, (name, dm) in enumerate(tasks.items()):
+        done = progress.done(name)
+        if done is None and restore_from is not None:  # the model as the finished tasks left it
+            progress.restore(restore_from, method)
+            restore_from = None
         # each task starts from its own seed, whatever ran (and drew random numbers) before it
         L.seed_everything(cfg.seed + 1000 * index, workers=True, verbose=False)
         method.add_task(name, dm.num_classes, dm.class_names)
@@ -124,23 +145,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for key, part, offset in _scored_parts(name, dm):
             val_set.add(key, part.val_dataloader(), dm.num_classes, name, offset)
             test_set.add(key, part.test_dataloader(), dm.num_classes, name, offset)
-        module = TaskModule(method, name, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
-                            scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
-                            channels_last=cfg.get("channels_last", False))
-        callbacks = _callbacks(cfg, name) + [PatchMetrics(method, val_set, aggregate)]
-        trainer = _trainer(cfg, callbacks, loggers)
-        trainer.fit(module, datamodule=dm)
-        method.to(device)
-        results["trainable_params"][name] = method.num_trainable(name)
-        results["extra"][name] = method.end_task(name, lambda m: val_set.evaluate(m, device),
-                                                 lambda m: test_set.evaluate(m, device))
-        patch = method.save_patch(name, out_dir / "patches" / f"{name}.patch.safetensors",
-                                  config=OmegaConf.to_container(cfg, resolve=False))
-        if patch is not None:
-            results["patch_files"][name] = {"path": str(patch), "bytes": patch.stat().st_size}
-        if cfg.scenario.name == "sequential":  # scored again at the end: must not move for ∆
-            at_end_of_task[name] = test_set.evaluate(method, device, only=[name])[name]
-    results["train_seconds"] = time.perf_counter() - t0
+        if done is None:
+            t0 = time.perf_counter()
+            _fit_task(cfg, method, name, dm, val_set, aggregate, loggers, progress.checkpoint(name))
+            method.to(device)
+            done = {"trainable_params": method.num_trainable(name),
+                    "extra": method.end_task(name, lambda m: val_set.evaluate(m, device),
+                                             lambda m: test_set.evaluate(m, device))}
+            patch = method.save_patch(name, out_dir / "patches" / f"{name}.patch.safetensors",
+                                      config=OmegaConf.to_container(cfg, resolve=False))
+            if patch is not None:
+                done["patch"] = {"path": str(patch), "bytes": patch.stat().st_size}
+            if cfg.scenario.name == "sequential":  # scored again at the end: must not move for ∆
+                done["at_end"] = test_set.evaluate(method, device, only=[name])[name]
+            done["seconds"] = time.perf_counter() - t0
+            progress.record(name, method, done)
+        else:
+            restore_from = name
+        results["trainable_params"][name] = done["trainable_params"]
+        results["extra"][name] = done["extra"]
+        if "patch" in done:
+            results["patch_files"][name] = done["patch"]
+        if "at_end" in done:
+            at_end_of_task[name] = done["at_end"]
+        seconds += done["seconds"]
+    if restore_from is not None:
+        progress.restore(restore_from, method)
+    for extra in results["extra"].values():  # the last task's choice (PAINT's α) at top level too
+        results.update({k: v for k, v in extra.items() if k in ("alpha", "alpha_sweep")})
+    results["train_seconds"] = seconds
 
     accs = test_set.evaluate(method, device)
     after = accs.pop(BASE_KEY, base.reference_acc)

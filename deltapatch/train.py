@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from .cli import quote_numeric_groups
+    from .cli import preflight
 
-    sys.argv = sys.argv[:1] + quote_numeric_groups(sys.argv[1:])
+    sys.argv = sys.argv[:1] + preflight(sys.argv[1:])
     main()

@@ -25,6 +25,27 @@ class DatasetNotFoundError(ConfigError):
     """A dataset's files are not where the config says, and download is off."""
 
 
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` each epoch, also after resuming from a checkpoint, so a resumed
+    run sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, data_source: Sequence, seed: int = 0):
+        self.n, self.seed, self.epoch = len(data_source), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class TaskDataset(Dataset):
     """``samples[indices]`` with labels remapped to 0..n-1 and a transform applied."""
 
@@ -201,14 +222,16 @@ class ClassificationDataModule(L.LightningDataModule):
     # ------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
+        data = self.splits[split]
         return DataLoader(
-            self.splits[split],
+            data,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(data, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # a fixed generator: iterating a loader then draws nothing from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

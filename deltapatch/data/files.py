@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptDataError
 from .base import ClassificationDataModule
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -82,9 +82,13 @@ class ImageFiles(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Image.Image:  # type: ignore[override]
-        with Image.open(self.paths[i]) as im:
-            im.load()  # read now: the file handle must not outlive this call
-            return im
+        try:
+            with Image.open(self.paths[i]) as im:
+                im.load()  # read now: the file handle must not outlive this call
+                return im
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for empty/corrupt files
+            raise CorruptDataError(f"cannot read image {self.paths[i]} ({type(e).__name__}: {e}); "
+                                   f"replace or delete the file") from None
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,233 @@
+"""Reliability: resume after a kill, determinism, safe loading, one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FAST, ROOT, cli_env
+
+from deltapatch import CheckpointError, DeltaNetwork, create_backbone, save_patch
+from deltapatch.checkpoint import read_state_dict
+from deltapatch.experiment import run
+
+METRICS = ("base_acc_before", "base_acc_after", "tasks", "hmean", "mean", "val", "tasks_when_trained",
+           "trainable_params")
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metrics(res: dict) -> dict:
+    return {k: res.get(k) for k in METRICS}
+
+
+# ---------------------------------------------------------------- determinism and resume
+def test_same_seed_same_numbers(make_cfg, tmp_path):
+    a = run(make_cfg())
+    b = run(make_cfg("paths.output_dir=" + str(tmp_path / "second")))
+    assert metrics(a) == metrics(b)
+    c = run(make_cfg("seed=3", "paths.output_dir=" + str(tmp_path / "third")))
+    assert c["tasks"] != a["tasks"] or c["val"] != a["val"]  # the seed does matter
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, base_cache):
+    common = ["-m", "deltapatch.train", f"paths.cache_dir={base_cache}", "scenario=sequential",
+              "trainer.max_epochs=4", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
+              "base.epochs=1", "dataset.batch_size=32"]
+    ref = tmp_path / "ref"
+    p = cli(*common, f"hydra.run.dir={ref}")
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *common, f"hydra.run.dir={killed}"], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "t78" / "last.ckpt"  # the 2nd task has finished an epoch
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists() and not (killed / "results.json").exists(), "the run was not killed mid-training"
+    assert list(json.loads((killed / "progress.json").read_text())["tasks"]) == ["t56"]
+
+    p = cli(*common, f"hydra.run.dir={killed}", "resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    resumed = json.loads((killed / "results.json").read_text())
+    assert metrics(resumed) == metrics(json.loads((ref / "results.json").read_text()))
+
+
+# ---------------------------------------------------------------- safe loading
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"w": _Evil(marker)}, f)
+    with pytest.raises(CheckpointError, match="pickled objects, which are never loaded"):
+        read_state_dict(evil)
+    assert not marker.exists()
+    # and through the command line, as a base checkpoint
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={tmp_path / 'run'}", "base=checkpoint",
+            f"base.path={evil}", "base.num_classes=5", "trainer.enable_progress_bar=false")
+    assert p.returncode == 2 and "never loaded" in p.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+# ---------------------------------------------------------------- one-line errors
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("backbone=resnet19", ["unknown backbone 'resnet19'", "resnet18", "convnext_tiny"]),
+    ("dataset=imagenet21k", ["unknown dataset 'imagenet21k'", "digits"]),
+    ("method=magic", ["unknown method 'magic'", "delta", "fc"]),
+    ("scenario=parallel", ["unknown scenario 'parallel'", "sequential"]),
+    ("n_deltas=5", ["unknown n_deltas '5'", "1, 2, 3, 4"]),
+    ("trainer.max_epoch=2", ["Could not override 'trainer.max_epoch'"]),
+])
+def test_bad_names(tmp_path, override, needles):
+    run_dir = tmp_path / "run"
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={run_dir}", override)
+    assert_one_line_error(p, *needles)
+    assert not run_dir.exists()  # nothing written
+
+
+def test_missing_data_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={run_dir}", "dataset=fashion_mnist",
+            f"dataset.data_dir={tmp_path / 'nowhere'}", "trainer.enable_progress_bar=false")
+    assert_one_line_error(p, "fashion_mnist", str(tmp_path / "nowhere"))
+    assert not (run_dir / "results.json").exists()
+
+
+def test_non_writable_output_dir():
+    p = cli("-m", "deltapatch.train", "hydra.run.dir=/proc/deltapatch/run")
+    assert_one_line_error(p, "not writable", "hydra.run.dir")
+
+
+def test_corrupt_image(tmp_path, base_cache):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / split / c / f"{i}.png")
+    (root / "train" / "b" / "9.png").write_bytes(b"")  # an empty file among good ones
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={base_cache}",
+            "dataset=image_folder", f"dataset.data_dir={root}", "base.classes=[0]",
+            "scenario.tasks.patch.classes=[1]", *FAST)
+    assert_one_line_error(p, "cannot read image", "9.png")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_truncated_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "w.safetensors"
+    model = create_backbone("resnet18", num_classes=5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, good)
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={tmp_path / 'run'}", "base=checkpoint",
+            f"base.path={bad}", "base.num_classes=5", "trainer.enable_progress_bar=false")
+    assert_one_line_error(p, "truncated.safetensors", "corrupt or truncated")
+
+
+@pytest.fixture(scope="module")
+def trained_patch(tmp_path_factory):
+    """A real default run (tiny), its cache and patch file."""
+    tmp = tmp_path_factory.mktemp("patchrun")
+    p = cli("-m", "deltapatch.train", f"hydra.run.dir={tmp / 'run'}", f"paths.cache_dir={tmp / 'cache'}", *FAST)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp / "run" / "results.json").read_text())
+    return tmp, res
+
+
+def test_evaluate_reproduces_run(trained_patch):
+    tmp, res = trained_patch
+    p = cli("-m", "deltapatch.evaluate", f"patch={res['patch_files']['patch']['path']}",
+            f"paths.cache_dir={tmp / 'cache'}", *[o for o in FAST if o.startswith(("base.", "dataset."))])
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["task_acc"] == res["tasks"]["patch"] and out["base_acc"] == res["base_acc_after"]
+
+
+@pytest.mark.parametrize("case", ["other_base", "other_backbone", "class_count", "truncated"])
+def test_bad_patches(trained_patch, tmp_path, case):
+    tmp, res = trained_patch
+    patch = Path(res["patch_files"]["patch"]["path"])
+    args = [f"paths.cache_dir={tmp / 'cache'}", *[o for o in FAST if o.startswith(("base.", "dataset."))]]
+    if case == "other_base":  # same architecture, different weights
+        net = DeltaNetwork(create_backbone("resnet18", num_classes=5))
+        net.add_task("patch", 5)
+        patch = save_patch(net, "patch", tmp_path / "foreign.safetensors")
+        needles = ["another base model"]
+    elif case == "other_backbone":
+        args.append("backbone=timm_resnet18")
+        needles = ["made for backbone 'torchvision/resnet18'"]
+    elif case == "class_count":
+        args.append("scenario.tasks.patch.classes=[5,6,7]")
+        needles = ["has 5 classes", "has 3"]
+    else:
+        cut = tmp_path / "cut.safetensors"
+        cut.write_bytes(patch.read_bytes()[:4000])
+        patch, needles = cut, ["corrupt or truncated"]
+    p = cli("-m", "deltapatch.evaluate", f"patch={patch}", *args)
+    assert_one_line_error(p, *needles)
+
+
+def test_out_of_memory_becomes_batch_size_advice(make_cfg, monkeypatch):
+    import lightning as L
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(L.Trainer, "fit", oom)
+    from deltapatch.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=r"batch size 32; retry with dataset.batch_size=16"):
+        run(make_cfg())
+
+
+def test_results_and_patches_written_atomically(make_cfg, monkeypatch):
+    """A crash while writing leaves no file under the final name."""
+    from deltapatch import checkpoint
+
+    cfg = make_cfg()
+    real_dump = json.dump
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(checkpoint.json, "dump", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_json(Path(cfg.paths.output_dir) / "results.json", {"a": 1})
+    monkeypatch.setattr(checkpoint.json, "dump", real_dump)
+    out = Path(cfg.paths.output_dir)
+    assert not (out / "results.json").exists() and not list(out.glob(".results.json.*"))
