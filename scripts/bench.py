@@ -33,7 +33,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
@@ -261,6 +261,41 @@ def time_cases(cases: dict[str, Callable[[], Any]], setup: Setup, warmup: int, r
     return samples
 
 
+def time_epochs(cases: dict[str, Callable[[], Iterator[None]]], setup: Setup, warmup: int, repeats: int,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """ms per whole epoch of each case, the cases interleaved *batch by batch* within a round.
+
+    Each case still runs its own full epoch (its loader, its reshuffle, every batch); only the
+    order of execution is interleaved. An epoch lasts seconds, long enough for the load from other
+    work on a shared machine to change in between: interleaving makes every case see the same load.
+    """
+    for fn in cases.values():
+        for _ in range(warmup):
+            for _ in fn():
+                pass
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        live = {name: fn() for name, fn in cases.items()}
+        wall = dict.fromkeys(cases, 0.0)
+        proc = dict.fromkeys(cases, 0.0)
+        while live:
+            for name in list(live):
+                setup.sync()
+                c0, t0 = time.process_time(), time.perf_counter()
+                try:
+                    next(live[name])
+                except StopIteration:
+                    del live[name]
+                setup.sync()
+                wall[name] += time.perf_counter() - t0
+                proc[name] += time.process_time() - c0
+        for name in cases:
+            samples[name].append(wall[name] * 1e3)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(proc[name] * 1e3)
+    return samples
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -318,7 +353,7 @@ def file_sizes(setup: Setup) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- epochs
-def epoch_cases(setup: Setup) -> tuple[dict[str, Callable[[], None]], dict[str, float]]:
+def epoch_cases(setup: Setup) -> tuple[dict[str, Callable[[], Iterator[None]]], dict[str, float]]:
     """∆(1) epochs over a synthetic dataset from images and from the FeatureCache (in memory and
     memory-mapped), plus a full fine-tuning epoch; and the one-off cost of building the cache."""
     args = setup.args
@@ -342,16 +377,20 @@ def epoch_cases(setup: Setup) -> tuple[dict[str, Callable[[], None]], dict[str, 
     cached = cache.loader(args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     mmapped = mm.loader(args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
 
+    # each epoch is a generator that yields after every batch, so time_epochs can interleave the
+    # cases batch by batch (fetching the batch from its loader is inside the timed part)
     def run_images(step):
         def epoch():
             for x, y in images:
                 step(setup.to_dev(x), setup.to_dev(y))
+                yield
         return epoch
 
     def run_cached(loader):
         def epoch():
             for h, y in loader:
                 setup.delta1_cached_step(setup.to_dev(h), setup.to_dev(y))
+                yield
         return epoch
 
     cases = {
@@ -529,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     samples.update(time_cases(infer, setup, args.warmup, args.repeats, cpu))
     samples.update(time_cases(breakdown_cases(setup), setup, args.warmup, args.repeats, cpu))
     epochs, extra = epoch_cases(setup)
-    samples.update(time_cases(epochs, setup, min(args.warmup, 1), args.epoch_repeats, cpu))
+    samples.update(time_epochs(epochs, setup, min(args.warmup, 1), args.epoch_repeats, cpu))
     ms = {k: median(v) for k, v in samples.items()}
     if args.profile:
         run_profile(setup)
