@@ -1,0 +1,277 @@
+"""The paper's figures as PNG files (matplotlib, Agg backend: no display needed).
+
+- :func:`plot_lambda_heatmap`: mean λ per stage and skip (Figures 3–6), from ``{stage: [λ per skip]}``.
+- :func:`plot_alpha_curves`: PAINT's accuracy against α with ∆-Networks as flat lines (Table 11
+  as a figure).
+- :func:`plot_params_vs_accuracy`: score against trainable parameters across methods.
+- :func:`make_plots`: all of them for a folder of runs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .tables import (BACKBONE_ORDER, N_FREE_METHODS, Run, Stat, _final_sweep, _order, backbone_label, column_of,
+                     groups, method_label, metric_name, metric_value, row_key, row_label, row_sort_key, slug,
+                     trainable_params)
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    """pyplot on the Agg backend, chosen before pyplot is first imported so no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _nodes(n_skips: int) -> int:
+    """k such that k(k+1)/2 == n_skips (skips of a k-block stage)."""
+    k = int(round((math.sqrt(8 * n_skips + 1) - 1) / 2))
+    if k * (k + 1) // 2 != n_skips:
+        raise ValueError(f"{n_skips} skips is not k(k+1)/2 for any k")
+    return k
+
+
+def lambda_matrix(values: Sequence[float]) -> list[list[float]]:
+    """λ of one stage as a k × k matrix: row j-1 = into node h_j, column i = from node h_i
+    (NaN above the diagonal, where no skip exists). Order as in ``skip_pairs``: j ascending, then i."""
+    from ..delta.stage import skip_pairs
+
+    k = _nodes(len(values))
+    m = [[math.nan] * k for _ in range(k)]
+    for (i, j), v in zip(skip_pairs(k), values):
+        m[j - 1][i] = float(v)
+    return m
+
+
+def plot_lambda_heatmap(lambdas: Mapping[Any, Sequence[float]], path: str | Path, title: str = "",
+                        annotate: bool | None = None) -> Path:
+    """One heatmap per patched stage of mean λ (0..1): the paper's Figures 3–6.
+
+    ``lambdas``: ``{stage_index: [mean λ per skip]}`` (stage keys may be strings, as read from JSON).
+    """
+    plt = _pyplot()
+    stages = sorted(lambdas.items(), key=lambda kv: int(kv[0]))
+    if not stages:
+        raise ValueError("no λ to plot")
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 0.8, 3.4), squeeze=False)
+    image = None
+    for ax, (stage, values) in zip(axes[0], stages):
+        m = lambda_matrix(values)
+        k = len(m)
+        image = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(f"stage {int(stage) + 1}")
+        ax.set_xticks(range(k), [f"h{i}" for i in range(k)], fontsize=7)
+        ax.set_yticks(range(k), [f"h{j}" for j in range(1, k + 1)], fontsize=7)
+        ax.set_xlabel("from node")
+        ax.set_ylabel("into node")
+        if annotate if annotate is not None else k <= 8:  # numbers stay legible up to 8 blocks
+            for j in range(k):
+                for i in range(j + 1):
+                    ax.text(i, j, f"{m[j][i]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[j][i] < 0.6 else "black")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean λ")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_alpha_curves(alphas: Sequence[float], curves: Mapping[str, Sequence[float | None]], path: str | Path,
+                      flat: Mapping[str, float] | None = None, chosen: Sequence[float] = (), title: str = "",
+                      ylabel: str = "top-1 accuracy (%)", highlight: str | None = None) -> Path:
+    """PAINT's test accuracies against α (one curve per task and the aggregate), ∆-Networks as
+    horizontal lines (they do not depend on α), the α chosen on validation marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, ys in curves.items():
+        pts = [(a, y) for a, y in zip(alphas, ys) if y is not None]
+        if not pts:
+            continue
+        bold = name == highlight
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3 if not bold else 5,
+                lw=2.4 if bold else 1.0, label=f"PAINT {name}", zorder=3 if bold else 2)
+        if bold:
+            for a in chosen:
+                ys_at = [y for x, y in pts if math.isclose(x, a)]
+                if ys_at:
+                    ax.scatter([a], ys_at, s=120, facecolors="none", edgecolors="red", zorder=4,
+                               label="chosen α (validation)")
+    styles = ["--", "-.", ":", (0, (5, 1))]
+    for k, (name, value) in enumerate((flat or {}).items()):
+        ax.axhline(value, ls=styles[k % len(styles)], color=f"C{(k + len(curves)) % 10}", lw=1.6, label=name)
+    ax.set_xlabel("α (0 = base model, 1 = fine-tuned)")
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(min(alphas) - 0.02, max(alphas) + 0.02)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_params_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                            ylabel: str = "score (%)") -> Path:
+    """Score against trainable parameters (log scale), one subplot per column (dataset / task
+    set). ``points``: dicts with ``column``, ``method`` (row label), ``backbone``, ``params``,
+    ``value`` and optionally ``std``."""
+    plt = _pyplot()
+    columns = list(dict.fromkeys(p["column"] for p in points))
+    if not columns:
+        raise ValueError("no points to plot")
+    ncols = min(3, len(columns))
+    nrows = math.ceil(len(columns) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    backbones = list(dict.fromkeys(p["backbone"] for p in points))
+    markers = "osD^vP*Xh<>"
+    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")  # one colour per method row
+    for ax, col in zip(axes.flat, columns):
+        for p in (q for q in points if q["column"] == col):
+            c = cmap(methods.index(p["method"]) % cmap.N)
+            mk = markers[backbones.index(p["backbone"]) % len(markers)]
+            ax.errorbar(p["params"], p["value"], yerr=p.get("std") or None, fmt=mk, color=c, ms=6, capsize=2,
+                        label=f"{p['method']} · {p['backbone']}")
+        ax.set_xscale("log")
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("trainable parameters per task")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in list(axes.flat)[1:len(columns)]:
+        h, lab = ax.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------ from runs
+def params_points(runs: Sequence[Run], metric: str = "auto") -> list[dict[str, Any]]:
+    """One point per (backbone, method row, column): mean score over seeds against parameters."""
+    stats: dict[tuple, Stat] = defaultdict(Stat)
+    params: dict[tuple, list[int]] = defaultdict(list)
+    for r in runs:
+        key = (*row_key(r), column_of(r))
+        stats[key].add(metric_value(r, metric))
+        p = trainable_params(r)
+        if p:
+            params[key].append(p)
+    points = []
+    for key in sorted(stats, key=lambda k: (row_sort_key(k[:4]), k[4])):
+        backbone, col = key[0], key[4]
+        if stats[key].mean is None or not params[key]:
+            continue
+        points.append({"column": col, "method": row_label(key[:4]), "backbone": backbone_label(backbone),
+                       "params": sum(params[key]) / len(params[key]), "value": stats[key].mean,
+                       "std": stats[key].std})
+    return points
+
+
+def alpha_curves(cell_runs: Sequence[Run]) -> dict[str, Any] | None:
+    """Seed-averaged PAINT α curves of one (backbone, column) and the ∆ flat lines."""
+    sweeps = [(r, s) for r in cell_runs if (s := _final_sweep(r)) is not None]
+    if not sweeps:
+        return None
+    selection = sweeps[0][1][1]
+    per_alpha: dict[float, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
+    chosen = set()
+    for r, (sweep, _) in sweeps:
+        for row in sweep:
+            for k, v in (row.get("test") or {}).items():
+                per_alpha[float(row["alpha"])][k].add(v)
+        last = [v for v in (r.results.get("extra") or {}).values() if (v or {}).get("alpha_sweep")][-1]
+        chosen.add(float(last["alpha"]))
+    alphas = sorted(per_alpha)
+    names = list(dict.fromkeys(k for a in alphas for k in per_alpha[a]))
+    curves = {k: [per_alpha[a][k].mean for a in alphas] for k in names}
+    flat: dict[str, Stat] = defaultdict(Stat)
+    for r in cell_runs:
+        if r.method != "paint" and r.method not in N_FREE_METHODS:
+            flat[row_label(row_key(r))].add(metric_value(r))
+    return {"alphas": alphas, "curves": curves, "selection": selection, "chosen": sorted(chosen),
+            "flat": {f"{k} ({selection})": s.mean for k, s in flat.items() if s.mean is not None}}
+
+
+def make_plots(runs: Sequence[Run], out_dir: str | Path, metric: str = "auto", lambdas: str = "results",
+               max_batches: int | None = None) -> list[Path]:
+    """Every figure for ``runs`` under ``out_dir``; returns the PNG paths.
+
+    ``lambdas``: ``results`` = heatmaps for runs whose results.json holds ``lambdas``;
+    ``rebuild`` = also recompute them for ∆ runs that lack them (loads base, patches and test data:
+    see :func:`deltapatch.reporting.lambdas.lambdas_from_run`); ``off`` = none.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    for (experiment, scenario), rs in groups(runs).items():
+        pts = params_points(rs, metric)
+        if pts:
+            names = " / ".join(sorted({metric_name(r, metric) for r in rs}))
+            written.append(plot_params_vs_accuracy(
+                pts, out / f"{slug(experiment, scenario)}_params.png",
+                title=f"{experiment} — {scenario}: {names} vs trainable parameters", ylabel=f"{names} (%)"))
+        by_cell: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for r in rs:
+            by_cell[(r.backbone, column_of(r))].append(r)
+        for (backbone, col), cell_runs in sorted(by_cell.items(),
+                                                 key=lambda kv: (_order(BACKBONE_ORDER, kv[0][0]), kv[0][1])):
+            data = alpha_curves(cell_runs)
+            if data is None:
+                continue
+            written.append(plot_alpha_curves(
+                data["alphas"], data["curves"], out / f"{slug(experiment, scenario, 'alpha', backbone, col)}.png",
+                flat=data["flat"], chosen=data["chosen"], highlight=data["selection"],
+                title=f"{experiment} — {scenario}: PAINT vs ∆-Networks, {backbone_label(backbone)}, {col}"))
+    if lambdas != "off":
+        written += _lambda_plots(runs, out, rebuild=lambdas == "rebuild", max_batches=max_batches)
+    return written
+
+
+def _lambda_plots(runs: Sequence[Run], out: Path, rebuild: bool, max_batches: int | None) -> list[Path]:
+    from ..errors import DeltaPatchError
+    from .lambdas import lambdas_from_run
+
+    written = []
+    for r in runs:
+        lam = r.results.get("lambdas")
+        if not lam and rebuild and r.method not in N_FREE_METHODS:
+            try:
+                lam = lambdas_from_run(r.path, max_batches=max_batches)
+            except DeltaPatchError as e:  # e.g. finetune_delta: its patch needs its own changed backbone
+                log.warning("no λ for %s: %s", r.path, str(e).splitlines()[0])
+                continue
+        for task, stages in (lam or {}).items():
+            # the run folder's name (the job number in a sweep) keeps repeated configs apart
+            name = slug(r.experiment, r.scenario, r.backbone, r.method, f"n{r.results.get('n_deltas')}",
+                        column_of(r), task, f"s{r.seed}", r.path.name)
+            written.append(plot_lambda_heatmap(
+                stages, out / "lambdas" / f"{name}.png",
+                title=f"mean λ — {backbone_label(r.backbone)}, {method_label(r.method, r.results.get('n_deltas'))}, "
+                      f"{column_of(r)} / {task} (seed {r.seed})"))
+    return written
+
+
+__all__ = ["alpha_curves", "lambda_matrix", "make_plots", "params_points", "plot_alpha_curves",
+           "plot_lambda_heatmap", "plot_params_vs_accuracy"]
