@@ -74,6 +74,28 @@ def _scored_parts(name: str, dm: ClassificationDataModule):
     return [(name, dm, 0)]
 
 
+def cached_train_loader(cfg: DictConfig, method: Method, name: str, dm: ClassificationDataModule):
+    """Training batches of frozen-prefix features, computed once (``cache_features=true``), in the
+    same per-epoch order as the image loader; ``None`` when the method has no frozen prefix."""
+    from torch.utils.data import DataLoader
+
+    from .cache import FeatureCache
+    from .data.base import EpochBatchSampler, EpochSampler
+
+    stage = method.feature_stage(name)
+    if stage is None:
+        log.warning("cache_features: method %s has no frozen prefix; training from images", cfg.method.name)
+        return None
+    if not dm.deterministic_train_transform:
+        raise ConfigError("cache_features=true needs deterministic training transforms (dataset.augment=false)")
+    train = dm.splits["train"]
+    source = DataLoader(train, batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
+    cache = FeatureCache(method.net, stage, source, dataset_id=f"{dm.name}:{dm.class_ids}:{dm.image_size}:{dm.seed}",
+                         cache_dir=Path(cfg.paths.cache_dir) / "features")
+    sampler = EpochBatchSampler(EpochSampler(cache.dataset, dm.seed), dm.batch_size, drop_last=False)
+    return DataLoader(cache.dataset, sampler=sampler, batch_size=None)
+
+
 def _fit_task(cfg: DictConfig, method: Method, name: str, dm: ClassificationDataModule, val_set: EvalSet,
               aggregate: str, loggers: list, ckpt: Path | None) -> None:
     """Train task ``name`` (from ``ckpt`` when resuming mid-task)."""
@@ -81,8 +103,14 @@ def _fit_task(cfg: DictConfig, method: Method, name: str, dm: ClassificationData
                         scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
                         channels_last=cfg.get("channels_last", False))
     trainer = _trainer(cfg, _callbacks(cfg, name) + [PatchMetrics(method, val_set, aggregate)], loggers)
+    data: dict[str, Any] = {"datamodule": dm}
+    if cfg.get("cache_features"):
+        loader = cached_train_loader(cfg, method, name, dm)
+        if loader is not None:
+            data = {"train_dataloaders": loader, "val_dataloaders": dm.val_dataloader()}
+            module.from_features = True
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        trainer.fit(module, **data, ckpt_path=ckpt, weights_only=True if ckpt else None)
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(f"out of GPU memory training task '{name}' at batch size {dm.batch_size}; "
                             f"retry with dataset.batch_size={max(dm.batch_size // 2, 1)}") from None

@@ -127,3 +127,13 @@ def test_wandb_offline_logger(make_cfg, tmp_path):
     assert len(runs) == 1 and res["hmean"] is not None
     assert cfg.logger.wandb.offline is True
     assert "method:delta" in list(cfg.logger.wandb.tags)
+
+
+def test_cache_features_gives_same_training(make_cfg, tmp_path):
+    """Training from cached frozen-prefix features matches training from images (float tolerance)."""
+    plain = run(make_cfg("trainer.max_epochs=2", "n_deltas=2"))
+    cached = run(make_cfg("trainer.max_epochs=2", "n_deltas=2", "cache_features=true",
+                          f"paths.output_dir={tmp_path / 'cached'}"))
+    assert cached["tasks"]["patch"] == pytest.approx(plain["tasks"]["patch"], abs=1.2)  # ≤ 2 of 174 images
+    assert cached["val"]["patch"] == pytest.approx(plain["val"]["patch"], abs=1.5)
+    assert cached["base_acc_after"] == plain["base_acc_after"]

@@ -46,6 +46,14 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class EpochBatchSampler(torch.utils.data.BatchSampler):
+    """A BatchSampler that passes ``set_epoch`` on to its :class:`EpochSampler` (Lightning only
+    calls it on a loader's ``sampler``/``batch_sampler.sampler``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
 class TaskDataset(Dataset):
     """``samples[indices]`` with labels remapped to 0..n-1 and a transform applied."""
 

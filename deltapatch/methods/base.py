@@ -52,6 +52,10 @@ class Method(nn.Module):
         fields for results.json."""
         return {}
 
+    def feature_stage(self, task: str) -> int | None:
+        """The stage whose input is frozen for ``task`` (so its features can be cached), or None."""
+        return None
+
     def save_patch(self, task: str, path: Path, config: dict | None = None) -> Path | None:
         """Write the task's new weights as a patch file; ``None`` when the method has no patch."""
         return None

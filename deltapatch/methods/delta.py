@@ -35,6 +35,13 @@ class DeltaMethod(Method):
     def trainable_parameters(self, task: str) -> list[nn.Parameter]:
         return self.net.trainable_parameters(task)
 
+    def feature_stage(self, task: str) -> int | None:
+        return self.net.tasks[task].first_stage if self.net.freeze_base else None
+
+    def forward_from(self, h: torch.Tensor, task: str) -> torch.Tensor:
+        """Logits of ``task`` from cached frozen-prefix features (see :mod:`deltapatch.cache`)."""
+        return self.net.forward_from(h, task)
+
     def save_patch(self, task: str, path: Path, config: dict | None = None) -> Path:
         return save_patch(self.net, task, path, config=config)
 

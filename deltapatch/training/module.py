@@ -32,6 +32,7 @@ class TaskModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
         self.val_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
         self.channels_last = channels_last
+        self.from_features = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -40,7 +41,8 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        # from_features: batches hold cached frozen-prefix features, not images
+        logits = self.method.forward_from(x, self.task) if self.from_features else self(x)
         loss = self.loss(logits, y)
         self.train_acc(logits.argmax(1), y)
         self.log(f"{self.task}/train_loss", loss, prog_bar=True)
