@@ -17,7 +17,7 @@ from deltapatch.errors import ConfigError
 from deltapatch.experiment import run
 from deltapatch.patch import base_fingerprint
 from deltapatch.tasks.body import DeltaBody
-from deltapatch.tasks.data import IGNORE_INDEX, ShapesDetectionDataModule, segmentation_collate
+from deltapatch.tasks.data import IGNORE_INDEX, segmentation_collate
 from deltapatch.tasks.shapes import render_shapes
 from deltapatch.tasks.voc import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule, voc_target
 from deltapatch.tasks.zsda import uniformity_loss

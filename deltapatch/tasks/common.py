@@ -62,8 +62,7 @@ def obtain_dense_base(cfg: DictConfig) -> BaseInfo:
     dataset is the dense task's own. ``base=scratch``: random initialisation.
     """
     if cfg.base.source == "scratch":
-        model = instantiate(cfg.backbone.model, pretrained=False)
-        return BaseInfo(model, model.fc.out_features if hasattr(model, "fc") else 0, None)
+        return BaseInfo(instantiate(cfg.backbone.model, pretrained=False, num_classes=1000), 1000, None)
     if cfg.base.source == "train" and cfg.base.get("dataset") is None:
         cfg = cfg.copy()
         with open_dict(cfg):

@@ -70,7 +70,8 @@ def build_detector(body: DeltaBody, num_classes: int, mean, std, settings: dict[
     """Faster R-CNN with ``num_classes`` object classes (+ background) on ``body``.
 
     ``settings``: ``fpn_channels``, ``anchor_sizes`` (one per pyramid level, 5 for four stages),
-    ``representation_size`` (of the box head's two MLP layers) and any ``FasterRCNN`` keyword (``min_size``, ``box_batch_size_per_image``, ...).
+    ``representation_size`` (of the box head's two MLP layers) and any ``FasterRCNN`` keyword
+    (``min_size``, ``box_batch_size_per_image``, ...).
     """
     settings = dict(settings)
     backbone = DeltaFPN(body, int(settings.pop("fpn_channels", 256)))
@@ -87,8 +88,7 @@ def build_detector(body: DeltaBody, num_classes: int, mean, std, settings: dict[
             raise ConfigError(f"anchor_sizes needs one size per pyramid level ({levels}), got {list(anchor_sizes)}")
         anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
     return FasterRCNN(backbone, num_classes=None if "box_predictor" in settings else num_classes + 1,
-                      rpn_anchor_generator=anchors,
-                      image_mean=list(mean), image_std=list(std), **settings)
+                      rpn_anchor_generator=anchors, image_mean=list(mean), image_std=list(std), **settings)
 
 
 class DetectionModule(L.LightningModule):

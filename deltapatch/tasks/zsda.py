@@ -223,8 +223,8 @@ def run_zsda(cfg: DictConfig) -> dict[str, Any]:
     task = str(sc.task_name)
     method.add_task(task, n, source.class_names)
     up = sc.uniform_prior
-    module = UniformPriorTaskModule(method, task, n, optimizer=instantiate(cfg.method.optimizer),
-                                    scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
+    scheduler = instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None
+    module = UniformPriorTaskModule(method, task, n, optimizer=instantiate(cfg.method.optimizer), scheduler=scheduler,
                                     uniform_weight=float(up.weight), uniform_t=float(up.t))
     loggers = make_loggers(cfg)
     trainer = make_trainer(cfg, task, loggers)
