@@ -193,18 +193,24 @@ def _fake(tmp_path: Path, name: str, **res) -> None:
 def test_metric_choice_and_columns(tmp_path):
     _fake(tmp_path, "seq", scenario="sequential", tasks={"a": 50.0, "b": 70.0}, mean=60.0, base_acc_after=60.0)
     _fake(tmp_path, "scratch", base_source="scratch", tasks={"patch": 42.0}, hmean=1.0)
-    _fake(tmp_path, "tl", scenario="transfer", tasks={"patch": 81.0})
+    _fake(tmp_path, "tl", scenario="transfer", tasks={"digits": 81.0}, sample_rate=0.15, metric="target_acc",
+          target_acc=81.0)
+    _fake(tmp_path, "tl2", scenario="transfer", tasks={"digits": 90.0}, sample_rate=1.0, metric="target_acc",
+          target_acc=90.0)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text("{not json")
     runs = {r.path.name: r for r in load_runs(tmp_path)}
-    assert set(runs) == {"seq", "scratch", "tl"}  # the broken file is skipped
+    assert set(runs) == {"seq", "scratch", "tl", "tl2"}  # the broken file is skipped
     assert metric_name(runs["seq"]) == "mean"
-    assert metric_name(runs["scratch"]) == "task" and metric_name(runs["tl"]) == "task"
+    assert metric_name(runs["scratch"]) == "task" and metric_name(runs["tl"]) == "target_acc"  # what the run names
     report = build_report(list(runs.values()))
     seq = next(t for t in report.tables if t.title.startswith("x — sequential ("))
     assert seq.columns == ["a-b"] and seq.rows[0][1]["a-b"].values == [60.0]
     scratch = next(t for t in report.tables if t.title.startswith("x — single ("))
     assert scratch.rows[0][1]["digits"].values == [42.0]
+    transfer = next(t for t in report.tables if t.title.startswith("x — transfer (target_acc"))
+    assert sorted(transfer.columns) == ["digits 100%", "digits 15%"]  # the sample rate is a column (Table 5)
+    assert transfer.rows[0][1]["digits 15%"].values == [81.0]
     assert Stat([1.0, 2.0, 3.0]).fmt() == "2.00 ± 1.00" and Stat().fmt() == "–"
     written = write_report(report, tmp_path / "out")
     assert all(Path(p).exists() for p in written.values())

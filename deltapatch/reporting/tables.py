@@ -128,6 +128,10 @@ def with_derived(runs: Sequence[Run]) -> list[Run]:
     return out
 
 
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def load_runs(root: str | Path, with_config: bool = True) -> list[Run]:
     """Every ``results.json`` under ``root`` (any depth), sorted by path; unreadable files are
     skipped with a warning (a sweep still running has half-written folders). Runs that also scored
@@ -136,7 +140,8 @@ def load_runs(root: str | Path, with_config: bool = True) -> list[Run]:
     if not root.exists():
         raise FileNotFoundError(f"no such folder: {root}")
     runs = []
-    for path in sorted(root.rglob("results.json")):
+    # natural order (job 2 before job 10), so columns and rows appear in the order of the sweep
+    for path in sorted(root.rglob("results.json"), key=_natural_key):
         try:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -213,9 +218,12 @@ def column_of(run: Run) -> str:
     name = str(res.get("dataset"))
     if res.get("target"):
         name = f"{name}→{res['target']}"
-    rate = res.get("sample_rate", run.cfg("dataset.sample_rate"))
+    # transfer runs name their sample rate (100% included: it is a column of Table 5); other runs
+    # only show a reduced dataset.sample_rate
+    explicit = res.get("sample_rate") is not None
+    rate = res.get("sample_rate") if explicit else run.cfg("dataset.sample_rate")
     try:
-        if rate is not None and float(rate) < 1.0:
+        if rate is not None and (explicit or float(rate) < 1.0):
             name = f"{name} {float(rate):.0%}"
     except (TypeError, ValueError):
         pass
