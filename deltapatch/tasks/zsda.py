@@ -124,7 +124,7 @@ class ShiftedDigitsDataModule(DigitsDataModule):
     name = "digits_shifted"
     SHIFTS = ("invert", "rotate", "invert_rotate")
 
-    def __init__(self, shift: str = "invert", angle: float = 30.0, **kwargs):
+    def __init__(self, shift: str = "rotate", angle: float = 30.0, **kwargs):
         super().__init__(**kwargs)
         if shift not in self.SHIFTS:
             raise ConfigError(f"digits_shifted: shift must be one of {self.SHIFTS}, got '{shift}'")
