@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Measure what ∆-Patching costs against full fine-tuning and FC-only, side by side in one process.
 
-Every case runs on the same synthetic input, interleaved round by round (so a burst of load
-from elsewhere hits all cases alike), after warm-up; the figure kept is the median over rounds.
+Every case runs on the same synthetic input, interleaved round by round (epochs: batch by batch),
+so a burst of load from elsewhere hits all cases alike; after warm-up, the figure kept is the
+median over rounds, and the ratios of medians decide pass/miss against the issue's targets.
+Beside them the JSON gives the same ratios as the median of per-round ratios, from the fastest
+round, and from process CPU time: on a CPU shared with other work (load average above the core
+count) the wall-clock medians are inflated and noisy, and these say whether a miss is real.
 Prints a table, then ONE final JSON line (machine-readable; ``tail -n1``).
 
     .venv/bin/python scripts/bench.py                  # resnet18, 64 px, batch 64, 2 CPU threads
