@@ -71,7 +71,8 @@ def plot_lambda_heatmap(lambdas: Mapping[Any, Sequence[float]], path: str | Path
         ax.set_xticks(range(k), [f"h{i}" for i in range(k)], fontsize=7)
         ax.set_yticks(range(k), [f"h{j}" for j in range(1, k + 1)], fontsize=7)
         ax.set_xlabel("from node")
-        ax.set_ylabel("into node")
+        if ax is axes[0][0]:  # one y label: the next panel's would run into this one
+            ax.set_ylabel("into node")
         if annotate if annotate is not None else k <= 8:  # numbers stay legible up to 8 blocks
             for j in range(k):
                 for i in range(j + 1):

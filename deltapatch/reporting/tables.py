@@ -431,7 +431,8 @@ def _row_meta(key: tuple[str, str, Any, str]) -> dict[str, Any]:
 
 def _seeds_note(runs: Sequence[Run]) -> str:
     seeds = sorted({str(r.seed) for r in runs})
-    text = f"{len(runs)} runs, seeds {', '.join(seeds)}"
+    n = len({r.path for r in runs})  # derived rows (a zsda run's vanilla model) are not runs of their own
+    text = f"{n} run{'s' if n != 1 else ''}, seeds {', '.join(seeds)}"
     if len(seeds) > 1:
         text += "; cells are mean ± sample std over seeds"
     return text + "."
