@@ -72,7 +72,7 @@ def check_group_choices(args: list[str]) -> None:
     for a in args:
         key, eq, value = a.partition("=")
         group = key.lstrip("+~")
-        if not eq or "@" in group or not (CONF_DIR / group).is_dir() or group == "hydra":
+        if not eq or "@" in group or not (CONF_DIR / group).is_dir() or group.split("/")[0] == "hydra":
             continue
         if value.startswith(("choice(", "range(", "glob(", "[")) or value in ("null", ""):
             continue
