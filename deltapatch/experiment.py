@@ -20,7 +20,7 @@ from .methods.base import Method
 from .patch import base_fingerprint
 from .training.base_model import obtain_base
 from .training.metrics import BASE_KEY, EvalSet, PatchMetrics, harmonic_mean, mean
-from .training.module import TaskModule
+from .training.module import make_task_module
 from .training.progress import RunProgress
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def cached_train_loader(cfg: DictConfig, method: Method, name: str, dm: Classifi
 def _fit_task(cfg: DictConfig, method: Method, name: str, dm: ClassificationDataModule, val_set: EvalSet,
               aggregate: str, loggers: list, ckpt: Path | None) -> None:
     """Train task ``name`` (from ``ckpt`` when resuming mid-task)."""
-    module = TaskModule(method, name, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
-                        scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
-                        channels_last=cfg.get("channels_last", False))
+    module = make_task_module(cfg, method, name, dm.num_classes)
     trainer = _trainer(cfg, _callbacks(cfg, name) + [PatchMetrics(method, val_set, aggregate)], loggers)
     data: dict[str, Any] = {"datamodule": dm}
     if cfg.get("cache_features"):

@@ -141,7 +141,6 @@ class Setup:
         self.inet.to(self.device, memory_format=self.fmt).eval()
 
         self.h = self.net.base_features(self.x, upto=self.first)  # one batch of cached features
-        self.shared_impl = self._probe_shared()  # eagerly: never from inside a compiled region
         self._compiled: dict[str, Callable] = {}
 
     # ------------------------------------------------------------ helpers
@@ -210,23 +209,8 @@ class Setup:
                 return f(self.x)
         return run
 
-    def _probe_shared(self) -> str:
-        """How the shared-prefix case runs: ``net(x, tasks=[...])`` when it works for a list of
-        tasks without the base; else the same sharing spelled out (one ``base_features`` pass,
-        then ``forward_from`` per task) — DeltaNetwork.forward_tasks raised KeyError for that case
-        (it kept features only *before* the last stage it ran, see the report of issue 6)."""
-        try:
-            with torch.inference_mode():
-                self.inet(self.x[:2], tasks=self.task_names)
-            return "net(x, tasks=[...])"
-        except KeyError:
-            return "workaround: base_features once + forward_from per task"
-
     def _shared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.shared_impl.startswith("net("):
-            return self.inet(x, tasks=self.task_names)
-        h = self.inet.base_features(x, upto=self.first)  # every task here is ∆(1): same first stage
-        return {t: self.inet.forward_from(h, t) for t in self.task_names}
+        return self.inet(x, tasks=self.task_names)  # one prefix pass, then each task's last stage
 
     def infer_shared(self) -> Any:
         f = self.fwd("infer_shared", self._shared)
@@ -583,7 +567,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         "patch_bytes_resnet18_delta1": sizes["patch"],
         "model_bytes_resnet18": sizes["model"],
         "patch_params_delta1": sizes["patch_params"],
-        "infer_shared_impl": setup.shared_impl,
         "cache_build_ms": extra["cache_build_ms"],
         "cache_bytes": extra["cache_bytes"],
         # epochs after which building the cache has paid for itself (None: it never does)

@@ -172,6 +172,11 @@ def test_shared_prefix_matches_single_task_calls(r18):
     assert torch.equal(out[BASE], r18(x))
     assert torch.allclose(out["a"], net(x, task="a"), atol=1e-6)
     assert torch.allclose(out["b"], net(x, task="b"), atol=1e-6)
+    # without the base, tasks that all start at the last stage (the bench's 4 × ∆(1) case)
+    net.add_task("c", 2)
+    out = net(x, tasks=["a", "c"])
+    assert set(out) == {"a", "c"}
+    assert torch.allclose(out["c"], net(x, task="c"), atol=1e-6)
 
 
 def test_bad_inputs(r18, tmp_path, monkeypatch):

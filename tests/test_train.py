@@ -137,3 +137,18 @@ def test_cache_features_gives_same_training(make_cfg, tmp_path):
     assert cached["tasks"]["patch"] == pytest.approx(plain["tasks"]["patch"], abs=1.2)  # ≤ 2 of 174 images
     assert cached["val"]["patch"] == pytest.approx(plain["val"]["patch"], abs=1.5)
     assert cached["base_acc_after"] == plain["base_acc_after"]
+
+
+def test_compile_option_traces_and_trains_alike(make_cfg, tmp_path):
+    """compile=<backend> runs the task's forward through torch.compile (dynamo captures graphs) and
+    trains to the same model as eager mode; the `eager` backend keeps the test fast."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    plain = run(make_cfg("trainer.max_epochs=1"))
+    compiled = run(make_cfg("trainer.max_epochs=1", "compile=eager", f"paths.output_dir={tmp_path / 'c'}"))
+    assert counters["stats"]["unique_graphs"] > 0
+    assert compiled["tasks"]["patch"] == pytest.approx(plain["tasks"]["patch"], abs=1.2)
+    assert compiled["base_acc_after"] == plain["base_acc_after"]
+    torch._dynamo.reset()

@@ -197,6 +197,7 @@ class DeltaNetwork(nn.Module):
             for i in range(last):
                 feats[i] = h
                 h = self._run_stage(i, h)
+            feats[last] = h  # tasks patched from the last stage run start here
             out = {BASE: self.adapter.head(h)} if BASE in names else {}
         for t, s in starts.items():
             out[t] = self._run_patched(t, s, feats[s])

@@ -25,7 +25,7 @@ from ..methods.base import Method
 from ..patch import base_fingerprint
 from ..training.base_model import obtain_base
 from ..training.metrics import accuracy
-from ..training.module import TaskModule
+from ..training.module import make_task_module
 from .common import (accelerator_kwargs, check_base, finish, make_loggers, make_trainer, results_skeleton,
                      run_device)
 
@@ -58,9 +58,7 @@ def run_transfer(cfg: DictConfig) -> dict[str, Any]:
     method.to(device)
     method.add_task(task, dm.num_classes, dm.class_names)
 
-    module = TaskModule(method, task, dm.num_classes, optimizer=instantiate(cfg.method.optimizer),
-                        scheduler=instantiate(cfg.method.scheduler) if cfg.method.get("scheduler") else None,
-                        channels_last=cfg.get("channels_last", False))
+    module = make_task_module(cfg, method, task, dm.num_classes)
     loggers = make_loggers(cfg)
     trainer = make_trainer(cfg, task, loggers, limit_val_batches=cfg.trainer.get("limit_val_batches"))
     t0 = time.perf_counter()

@@ -1,10 +1,12 @@
 """The LightningModule that trains one task of a method (and the one that trains a base model)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -22,7 +24,7 @@ class TaskModule(L.LightningModule):
 
     def __init__(self, method: Method, task: str, num_classes: int,
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 label_smoothing: float = 0.0, channels_last: bool = False):
+                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool | str = False):
         super().__init__()
         self.method, self.task = method, task
         self.optimizer_factory = optimizer or _default_optimizer
@@ -33,16 +35,28 @@ class TaskModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
         self.channels_last = channels_last
         self.from_features = False
+        self._run, self._run_from = self._plain_run, self._plain_run_from
+        if compile:
+            # compiled lazily on the first batch; true = inductor, a string names another backend
+            backend = "inductor" if compile is True else str(compile)
+            self._run = torch.compile(self._plain_run, backend=backend)
+            self._run_from = torch.compile(self._plain_run_from, backend=backend)
+
+    def _plain_run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method(x, self.task)
+
+    def _plain_run_from(self, h: torch.Tensor) -> torch.Tensor:
+        return self.method.forward_from(h, self.task)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.method(x, self.task)
+        return self._run(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         # from_features: batches hold cached frozen-prefix features, not images
-        logits = self.method.forward_from(x, self.task) if self.from_features else self(x)
+        logits = self._run_from(x) if self.from_features else self(x)
         loss = self.loss(logits, y)
         self.train_acc(logits.argmax(1), y)
         self.log(f"{self.task}/train_loss", loss, prog_bar=True)
@@ -63,6 +77,15 @@ class TaskModule(L.LightningModule):
             return opt
         sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_task_module(cfg: DictConfig, method: Method, task: str, num_classes: int) -> TaskModule:
+    """The TaskModule of ``task`` with the method's optimizer/scheduler and the run's speed options
+    (``channels_last``, ``compile``)."""
+    sched: Any = cfg.method.get("scheduler")
+    return TaskModule(method, task, num_classes, optimizer=instantiate(cfg.method.optimizer),
+                      scheduler=instantiate(sched) if sched else None,
+                      channels_last=cfg.get("channels_last", False), compile=cfg.get("compile", False))
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
