@@ -18,6 +18,7 @@ from .data.joint import JointDataModule
 from .errors import ConfigError, DeltaPatchError, ResourceError
 from .methods.base import Method
 from .patch import base_fingerprint
+from .reporting.lambdas import mean_lambdas
 from .training.base_model import obtain_base
 from .training.metrics import BASE_KEY, EvalSet, PatchMetrics, harmonic_mean, mean
 from .training.module import make_task_module
@@ -219,6 +220,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if moved:
             raise InvariantError(f"method '{cfg.method.name}' changed earlier tasks {moved}; this is a bug")
     results["base_model_unchanged"] = base_fingerprint(base.model) == fingerprint
+    if method.has_lambdas and cfg.get("lambda_batches", 0):
+        # mean λ per task on its test split, for the paper's λ heatmaps (scripts/plots.py)
+        results["lambdas"] = {name: mean_lambdas(method, dm.test_dataloader(), name, device, cfg.lambda_batches)
+                              for name, dm in tasks.items()}
 
     for lg in loggers:
         lg.log_metrics({f"test/{k}/acc": v for k, v in accs.items()} | {

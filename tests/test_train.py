@@ -48,6 +48,9 @@ def test_single_delta_results(make_cfg):
     rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
     assert any(r.get("val/hmean") for r in rows) and any(r.get("test/patch/acc") for r in rows)
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "patch" / "last.ckpt").exists()
+    # mean λ of the patch on its test split, for the λ heatmaps: ∆(1) on resnet18 has 3 skips
+    lam = read_results(cfg)["lambdas"]["patch"]
+    assert list(lam) == ["3"] and len(lam["3"]) == 3 and all(0 < v < 1 for v in lam["3"])
 
 
 def test_sequential_keeps_earlier_tasks(make_cfg):
@@ -58,6 +61,7 @@ def test_sequential_keeps_earlier_tasks(make_cfg):
     assert res["mean"] == pytest.approx(sum([res["base_acc_after"], *res["tasks"].values()]) / 4)
     assert "hmean" not in res
     assert set(res["patch_files"]) == {"t56", "t78", "t9"}
+    assert set(res["lambdas"]) == {"t56", "t78", "t9"} and set(res["lambdas"]["t9"]) == {2, 3}
 
 
 def test_joint_one_head_over_union(make_cfg):
@@ -65,6 +69,7 @@ def test_joint_one_head_over_union(make_cfg):
     assert list(res["tasks"]) == ["t56", "t78", "t9"]  # each part scored with the union head
     assert res["trainable_params"]["joint"] == 444291 + 512 * 5 + 5
     assert len(res["class_names"]["joint"]) == 5
+    assert list(res["lambdas"]) == ["joint"]
     assert res["hmean"] == pytest.approx(
         len(res["tasks"]) + 1 and  # harmonic mean of base and every part
         (len(res["tasks"]) + 1) / sum(1 / v for v in [res["base_acc_after"], *res["tasks"].values()]))
@@ -77,6 +82,7 @@ def test_baseline_methods(make_cfg, method):
         assert res["base_acc_before"] == res["base_acc_after"]
         assert res["trainable_params"]["patch"] == 512 * 5 + 5
         assert res["patch_files"] == {}
+        assert "lambdas" not in res  # no skip weights to report
     else:
         assert res["trainable_params"]["patch"] > 11_000_000
 

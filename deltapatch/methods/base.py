@@ -26,6 +26,7 @@ class Method(nn.Module):
 
     name: str = "method"
     keeps_base: bool = True
+    has_lambdas: bool = False  # True: lambdas(x, task) gives per-sample skip weights
 
     def __init__(self, base: nn.Module):
         super().__init__()
@@ -59,6 +60,10 @@ class Method(nn.Module):
     def save_patch(self, task: str, path: Path, config: dict | None = None) -> Path | None:
         """Write the task's new weights as a patch file; ``None`` when the method has no patch."""
         return None
+
+    def lambdas(self, x: torch.Tensor, task: str) -> dict[int, torch.Tensor]:
+        """Per-sample skip weights ``{stage: [batch, n_skips]}`` (methods with ``has_lambdas``)."""
+        raise NotImplementedError(f"method '{self.name}' has no skip weights")
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ class DeltaMethod(Method):
     ``random_lambda``; ``bn_placement=none`` removes the variance-fixing BN."""
 
     name = "delta"
+    has_lambdas = True
 
     def __init__(self, base: nn.Module, n_deltas: int = 1, bn_placement: str = "out", gate: str = "delta",
                  gate_kwargs: dict | None = None, freeze_base: bool = True):
@@ -44,6 +45,9 @@ class DeltaMethod(Method):
 
     def save_patch(self, task: str, path: Path, config: dict | None = None) -> Path:
         return save_patch(self.net, task, path, config=config)
+
+    def lambdas(self, x: torch.Tensor, task: str) -> dict[int, torch.Tensor]:
+        return self.net.lambdas(x, task)
 
 
 class FinetuneDeltaMethod(DeltaMethod):
