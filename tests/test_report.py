@@ -211,6 +211,9 @@ def test_metric_choice_and_columns(tmp_path):
     transfer = next(t for t in report.tables if t.title.startswith("x — transfer (target_acc"))
     assert sorted(transfer.columns) == ["digits 100%", "digits 15%"]  # the sample rate is a column (Table 5)
     assert transfer.rows[0][1]["digits 15%"].values == [81.0]
+    # per-task (base/task) tables only where a base task is kept: not for transfer
+    assert sorted(t.title for t in report.tables if "per task" in t.title) == [
+        "x — sequential: top-1 accuracy per task (%)", "x — single: top-1 accuracy per task (%)"]
     assert Stat([1.0, 2.0, 3.0]).fmt() == "2.00 ± 1.00" and Stat().fmt() == "–"
     written = write_report(report, tmp_path / "out")
     assert all(Path(p).exists() for p in written.values())

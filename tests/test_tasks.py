@@ -238,6 +238,35 @@ def test_transfer_from_scratch_on_digits(make_cfg):
         run(make_cfg(*common, "method=delta", fast=False))
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_transfer_on_cifar10_pack_with_sample_rate(make_cfg, tmp_path):
+    """The transfer twin: a base trained here on CIFAR-10 classes 0-4 (from a fixture pack in the
+    real archive layout), transferred to classes 5-9 at a sample rate (Table 5's columns)."""
+    import fixtures_datasets as fx
+
+    src = tmp_path / "src"
+    fx.write_image_folder(src, CIFAR10_CLASSES, n_train=10, n_test=2)
+    fx.tar_folder(src, tmp_path / "packs" / "cifar10-jpg.tar.gz", "cifar10")
+    common = ["scenario=transfer", "dataset=cifar10_pack", f"paths.packs_dir={tmp_path / 'packs'}",
+              f"paths.cache_dir={tmp_path / 'cache'}", "dataset.batch_size=8", "scenario.classes=[5,6,7,8,9]",
+              "n_deltas=4", "scenario.sample_rate=0.5", *TINY]
+    res = run(make_cfg(*common, "method=finetune_delta", fast=False))
+    common_keys(res)
+    assert (res["dataset"], res["metric"], res["base_source"]) == ("cifar10_pack", "target_acc", "train")
+    assert res["class_names"]["cifar10_pack"] == CIFAR10_CLASSES[5:]
+    # 5 classes x 9 training images (10% of each class's 10 held out for val), half of them kept
+    assert res["sample_rate"] == 0.5 and 20 <= res["train_samples"] <= 25
+    assert 0 <= res["target_acc"] <= 100 and res["base_model_unchanged"] is False  # the backbone trained
+    # the base was trained on classes 0-4 of the same pack and cached
+    assert len(list((tmp_path / "cache" / "base").glob("resnet18-*.safetensors"))) == 1
+    # the vanilla row of Table 5 runs from the same cached base
+    vanilla = run(make_cfg(*common, "method=finetune", f"paths.output_dir={tmp_path / 'vanilla'}", fast=False))
+    assert vanilla["train_samples"] == res["train_samples"]
+    assert vanilla["trainable_params"]["cifar10_pack"] < res["trainable_params"]["cifar10_pack"]
+
+
 def test_zsda_digits_to_shifted_digits_with_uniform_prior(make_cfg):
     cfg = make_cfg("scenario=zsda", "n_deltas=4", "dataset.image_size=16", "scenario.target.image_size=16",
                    *SMALL_DIGITS_TEST, "+scenario.target.test_fraction=0.05",

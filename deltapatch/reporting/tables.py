@@ -438,6 +438,10 @@ def _seeds_note(runs: Sequence[Run]) -> str:
     return text + "."
 
 
+# scenarios that keep and score a base task next to the new ones (Table 10's base/task columns)
+BASE_TASK_SCENARIOS = ("single", "joint", "sequential")
+
+
 def per_task_table(experiment: str, scenario: str, runs: Sequence[Run]) -> Table:
     """The paper's Table 10 shape: for each column, the base accuracy after patching and every
     task's accuracy (single-task runs call their one task ``task``)."""
@@ -572,7 +576,7 @@ def build_report(runs: Sequence[Run], metric: str = "auto", per_task: bool = Tru
     tables: list[Table] = []
     for (experiment, scenario), rs in groups(runs).items():
         tables.append(main_table(experiment, scenario, rs, metric))
-        if per_task:
+        if per_task and scenario in BASE_TASK_SCENARIOS:  # elsewhere it would repeat the main table
             tables.append(per_task_table(experiment, scenario, rs))
         if alpha:
             tables += alpha_tables(experiment, scenario, rs)
