@@ -1,5 +1,4 @@
 """∆-Networks core: topology, parameter counts, the base-model invariant, patch files, λ read-out."""
-import hashlib
 
 import pytest
 import torch
@@ -9,13 +8,7 @@ from deltapatch import (BASE, ConfigError, DeltaNetwork, PatchError, base_finger
                         load_patch, save_patch)
 from deltapatch.backbones import PretrainedWeightsError
 
-
-def state_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from helpers import state_hash
 
 
 @pytest.fixture(scope="module")

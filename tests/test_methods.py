@@ -2,7 +2,6 @@
 parameter counts, task isolation, PAINT's α sweep, and each conf/method YAML through the runner."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,10 @@ from deltapatch.methods import (BNAdaptMethod, ClippedAdamW, DeltaMethod, FCMeth
 from deltapatch.methods.adapters import conv3x3_bn_pairs
 from deltapatch.training.metrics import accuracy
 
+from helpers import state_hash
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 HEAD = 512 * 3 + 3  # a new 3-class head on resnet18's 512 features
-
-
-def state_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def r18() -> nn.Module:
