@@ -38,7 +38,7 @@ def runs_dir(tmp_path_factory, base_cache) -> Path:
     root = tmp_path_factory.mktemp("runs")
     specs = {
         "delta_s0": ["method=delta", "seed=0"],
-        "delta_s1": ["method=delta", "seed=1"],
+        "delta_s1": ["method=delta", "seed=1", "lambda_batches=0"],  # keeps no λ: nothing to plot
         "paint_s0": ["method=paint", "seed=0", "method.module.alphas=[0.0,1.0]"],
     }
     for name, extra in specs.items():
@@ -156,9 +156,13 @@ def test_lambda_heatmaps(runs_dir, tmp_path):
     rebuilt = lambdas_from_run(runs_dir / "delta_s0", max_batches=2)
     assert list(rebuilt) == ["patch"] and list(rebuilt["patch"]) == [3]
     assert len(rebuilt["patch"][3]) == 3 and all(0.0 <= v <= 1.0 for v in rebuilt["patch"][3])
+    # the runner's own λ (results.json, from the live network) are the same numbers
+    kept = json.loads((runs_dir / "delta_s0" / "results.json").read_text())["lambdas"]["patch"]["3"]
+    assert kept == pytest.approx(rebuilt["patch"][3], abs=1e-5)
+    assert "lambdas" not in json.loads((runs_dir / "delta_s1" / "results.json").read_text())
     pngs = [p for p in make_plots(load_runs(runs_dir), tmp_path / "plots", lambdas="rebuild", max_batches=2)
             if p.parent.name == "lambdas"]
-    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == PNG_MAGIC  # only the run with a saved config
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == PNG_MAGIC  # delta_s1 has neither λ nor a config
 
 
 def test_mean_lambdas_matches_network():
@@ -208,6 +212,7 @@ def test_metric_choice_and_columns(tmp_path):
     assert seq.columns == ["a-b"] and seq.rows[0][1]["a-b"].values == [60.0]
     scratch = next(t for t in report.tables if t.title.startswith("x — single ("))
     assert scratch.rows[0][1]["digits"].values == [42.0]
+    assert scratch.rows[0][0][1] == "∆-Networks (1), from scratch"
     transfer = next(t for t in report.tables if t.title.startswith("x — transfer (target_acc"))
     assert sorted(transfer.columns) == ["digits 100%", "digits 15%"]  # the sample rate is a column (Table 5)
     assert transfer.rows[0][1]["digits 15%"].values == [81.0]

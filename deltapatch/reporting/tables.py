@@ -182,10 +182,12 @@ def _order(seq: Sequence[str], value: str) -> tuple[int, str]:
 
 def row_variant(run: Run) -> str:
     """What else sets a row apart beside backbone, method and n_deltas: the uniform prior of
-    zero-shot domain adaptation (Table 6's "+ Uniform prior" rows)."""
+    zero-shot domain adaptation (Table 6's "+ Uniform prior" rows), training from scratch (Tables 12-13)."""
     prior = run.results.get("uniform_prior")
     if isinstance(prior, Mapping) and float(prior.get("weight") or 0) > 0:
         return "Uniform prior"
+    if run.results.get("base_source") == "scratch":  # Tables 12-13: no pre-training
+        return "from scratch"
     return ""
 
 
@@ -204,6 +206,8 @@ def row_label(key: tuple[str, str, Any, str]) -> str:
     """``∆-Networks (4)``, ``Vanilla + Uniform prior``…"""
     _, method, n, variant = key
     label = method_label(method, n)
+    if variant == "from scratch":
+        return f"{label}, from scratch"
     return f"{label} + {variant}" if variant else label
 
 
