@@ -200,6 +200,15 @@ def test_detection_scenario_on_shapes(make_cfg):
     assert Path(res["patch_files"]["shapes_detection"]["path"]).exists()
 
 
+def test_detection_resnet34_body(make_cfg):
+    """Table 7's other detection body: ResNet-34 with ∆-Networks (4), frozen."""
+    cfg = make_cfg("scenario=detection", "backbone=resnet34", "n_deltas=4", "base=scratch", *SHAPES, *TINY,
+                   fast=False)
+    res = run(cfg)
+    assert (res["backbone"], res["n_deltas"], res["base_model_unchanged"]) == ("resnet34", 4, True)
+    assert res["delta_params"] > 0 and 0 <= res["map_50"] <= 100
+
+
 def test_detection_on_voc_fixture(make_cfg, tmp_path):
     """The VOC path through the scenario: variable image sizes, 21-way heads, difficult objects."""
     root = _write_voc(tmp_path / "voc", "2007")
@@ -212,11 +221,14 @@ def test_detection_on_voc_fixture(make_cfg, tmp_path):
     assert len(res["class_names"]["voc_detection"]) == 20 and 0 <= res["map_50"] <= 100
 
 
-def test_segmentation_scenario_on_shapes(make_cfg):
-    cfg = make_cfg("scenario=segmentation", "n_deltas=4", "base=scratch", *SHAPES, *TINY, fast=False)
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])  # resnet50: the paper's DeepLabV3 body
+def test_segmentation_scenario_on_shapes(make_cfg, backbone):
+    cfg = make_cfg("scenario=segmentation", f"backbone={backbone}", "n_deltas=4", "base=scratch", *SHAPES, *TINY,
+                   fast=False)
     res = run(cfg)
     common_keys(res)
-    assert (res["scenario"], res["metric"], res["output_stride"]) == ("segmentation", "miou", 8)
+    assert (res["scenario"], res["metric"], res["output_stride"], res["backbone"]) == (
+        "segmentation", "miou", 8, backbone)
     assert 0 <= res["miou"] <= 100 and len(res["class_iou"]) == 4
     assert res["base_model_unchanged"] is True and res["trained_parts"] == ["delta", "classifier"]
     assert results_of(cfg)["miou"] == res["miou"]
