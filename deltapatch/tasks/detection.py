@@ -35,6 +35,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import ConfigError
 from ..patch import base_fingerprint
+from ..training.module import optimizers_for
 from .body import DeltaBody, method_parts
 from .common import (check_base, config_dict, count_trainable, finish, make_loggers, make_trainer,
                      obtain_dense_base, results_skeleton, run_device, save_trained)
@@ -108,11 +109,8 @@ class DetectionModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return opt
-        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return optimizers_for(self, params, self.optimizer_factory, self.scheduler_factory)
 
 
 @torch.no_grad()

@@ -72,11 +72,18 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.method.trainable_parameters(self.task) if p.requires_grad]
-        opt = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return opt
-        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizers_for(self, params, self.optimizer_factory, self.scheduler_factory)
+
+
+def optimizers_for(module: L.LightningModule, params: list[nn.Parameter], optimizer: Callable,
+                   scheduler: Callable | None = None) -> Any:
+    """What ``configure_optimizers`` returns: ``optimizer(params)``, with ``scheduler(opt,
+    total_steps=...)`` stepped every batch when one is given."""
+    opt = optimizer(params)
+    if scheduler is None:
+        return opt
+    sched = scheduler(opt, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def make_task_module(cfg: DictConfig, method: Method, task: str, num_classes: int) -> TaskModule:
