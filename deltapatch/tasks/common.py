@@ -7,6 +7,7 @@ data, base, model, ``trainer.fit``, evaluation, :func:`finish`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoint import atomic_path, write_json
+from ..errors import ConfigError
 from ..experiment import InvariantError
 from ..patch import base_fingerprint
 from ..training.base_model import BaseInfo, obtain_base
@@ -68,6 +70,37 @@ def obtain_dense_base(cfg: DictConfig) -> BaseInfo:
         with open_dict(cfg):
             cfg.base.dataset = cfg.scenario.base_dataset
     return obtain_base(cfg, trainer_kwargs=accelerator_kwargs(cfg))
+
+
+@dataclass
+class DenseSetup:
+    """What a detection/segmentation runner starts from: its data, what trains, the base model."""
+
+    dm: Any                 # a tasks.data.DenseDataModule, set up
+    use_delta: bool         # ∆-modules on the body
+    train_body: bool        # the body trains too (finetune, finetune_delta)
+    n_deltas: int           # 0 without ∆
+    base: BaseInfo
+    fingerprint: str        # of the base model before training
+
+
+def prepare_dense(cfg: DictConfig, task: str) -> DenseSetup:
+    """Seed, build and set up the ``task`` ("detection" / "segmentation") dataset, read what the
+    method trains, obtain the base model and fingerprint it; then reseed, so the new heads'
+    initialisation depends on the seed only."""
+    from .body import method_parts
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.dataset)
+    if getattr(dm, "task", None) != task:
+        raise ConfigError(f"scenario={task} needs a {task} dataset (voc_{task}, shapes_{task}), "
+                          f"got dataset={cfg.dataset.name}")
+    dm.setup()
+    use_delta, train_body = method_parts(cfg.method.name)
+    base = obtain_dense_base(cfg)
+    fingerprint = base_fingerprint(base.model)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return DenseSetup(dm, use_delta, train_body, int(cfg.n_deltas) if use_delta else 0, base, fingerprint)
 
 
 def results_skeleton(cfg: DictConfig, dataset: str) -> dict[str, Any]:

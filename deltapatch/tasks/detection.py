@@ -34,11 +34,10 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import ConfigError
-from ..patch import base_fingerprint
 from ..training.module import optimizers_for
-from .body import DeltaBody, method_parts
+from .body import DeltaBody
 from .common import (check_base, config_dict, count_trainable, finish, make_loggers, make_trainer,
-                     obtain_dense_base, results_skeleton, run_device, save_trained)
+                     prepare_dense, results_skeleton, run_device, save_trained)
 from .data import DenseDataModule
 
 log = logging.getLogger(__name__)
@@ -141,18 +140,10 @@ def delta_options(cfg: DictConfig) -> dict[str, Any]:
 def run_detection(cfg: DictConfig) -> dict[str, Any]:
     """``scenario=detection``: train Faster R-CNN on ``dataset`` and score mAP on its test split."""
     out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm: DenseDataModule = instantiate(cfg.dataset)
-    if getattr(dm, "task", None) != "detection":
-        raise ConfigError(f"scenario=detection needs a detection dataset (voc_detection, shapes_detection), "
-                          f"got dataset={cfg.dataset.name}")
-    dm.setup()
-    use_delta, train_body = method_parts(cfg.method.name)
-    n_deltas = int(cfg.n_deltas) if use_delta else 0
-
-    base = obtain_dense_base(cfg)
-    fingerprint = base_fingerprint(base.model)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the heads' init depends on the seed only
+    setup = prepare_dense(cfg, "detection")
+    dm: DenseDataModule = setup.dm
+    use_delta, train_body, n_deltas = setup.use_delta, setup.train_body, setup.n_deltas
+    base, fingerprint = setup.base, setup.fingerprint
     body = DeltaBody(base.model, n_deltas, train_body=train_body, **delta_options(cfg))
     model = build_detector(body, dm.num_classes, cfg.backbone.mean, cfg.backbone.std,
                            model_settings(dm, cfg.scenario.get("model")))

@@ -30,11 +30,10 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
 from ..errors import ConfigError
-from ..patch import base_fingerprint
 from ..training.module import optimizers_for
-from .body import DeltaBody, method_parts
+from .body import DeltaBody
 from .common import (check_base, config_dict, count_trainable, finish, make_loggers, make_trainer,
-                     obtain_dense_base, results_skeleton, run_device, save_trained)
+                     prepare_dense, results_skeleton, run_device, save_trained)
 from .data import IGNORE_INDEX, DenseDataModule
 from .detection import delta_options, model_settings
 
@@ -158,20 +157,12 @@ def evaluate_segmentation(model: nn.Module, loader, num_classes: int,
 def run_segmentation(cfg: DictConfig) -> dict[str, Any]:
     """``scenario=segmentation``: train DeepLabV3 on ``dataset`` and score mIoU on its test split."""
     out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm: DenseDataModule = instantiate(cfg.dataset)
-    if getattr(dm, "task", None) != "segmentation":
-        raise ConfigError(f"scenario=segmentation needs a segmentation dataset (voc_segmentation, "
-                          f"shapes_segmentation), got dataset={cfg.dataset.name}")
-    dm.setup()
-    use_delta, train_body = method_parts(cfg.method.name)
-    n_deltas = int(cfg.n_deltas) if use_delta else 0
+    setup = prepare_dense(cfg, "segmentation")
+    dm: DenseDataModule = setup.dm
+    use_delta, train_body, n_deltas = setup.use_delta, setup.train_body, setup.n_deltas
+    base, fingerprint = setup.base, setup.fingerprint
     settings = model_settings(dm, cfg.scenario.get("model"))
-
-    base = obtain_dense_base(cfg)
-    fingerprint = base_fingerprint(base.model)
-    body_model, stride = dilated_copy(base.model, settings.get("output_stride"))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the heads' init depends on the seed only
+    body_model, stride = dilated_copy(base.model, settings.get("output_stride"))  # copies; draws no random numbers
     body = DeltaBody(body_model, n_deltas, train_body=train_body, **delta_options(cfg))
     aux = bool(settings.get("aux_loss", True))
     model = build_deeplab(body, dm.num_classes, aux)
