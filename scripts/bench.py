@@ -396,7 +396,6 @@ def breakdown_cases(setup: Setup) -> dict[str, Callable[[], Any]]:
     net, x, first = setup.inet, setup.x, setup.first
     t = setup.task_names[0]
     patch = net.tasks[t].stages[str(first)]
-    stage = net.stages[first]
     h = net.base_features(x, upto=first)
 
     def wrap(fn):

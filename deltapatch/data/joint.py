@@ -1,10 +1,7 @@
 """Joint patching: several tasks trained as one, with one head over the union of their classes."""
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .base import ClassificationDataModule
 
