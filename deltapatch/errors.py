@@ -23,3 +23,11 @@ class CorruptDataError(DeltaPatchError):
 
 class ResourceError(DeltaPatchError):
     """The run needs more of a resource (GPU memory, disk) than there is."""
+
+
+class InvariantError(DeltaPatchError):
+    """A method that promises to keep the base model changed it (a bug, reported loudly)."""
+
+
+class ReportError(DeltaPatchError):
+    """A finished run cannot be turned into what was asked (missing config, base or patch)."""

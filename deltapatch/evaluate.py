@@ -12,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from .cli import CONF_DIR, guarded, preflight
 from .delta import DeltaNetwork
 from .errors import ConfigError, PatchError
-from .experiment import build_tasks
 from .methods.base import Method
 from .patch import load_patch
+from .scenarios.common import build_tasks
 from .training.base_model import obtain_base
-from .training.metrics import accuracy
+from .training.evaluation import EvalSet, LightningScorer
+from .training.trainer import eval_trainer
 
 
 class _Patched(Method):
@@ -33,7 +34,7 @@ class _Patched(Method):
 def evaluate(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "patch"):
         raise ConfigError("no patch given: python -m deltapatch.evaluate patch=path/to/task.patch.safetensors")
-    base = obtain_base(cfg, trainer_kwargs={"enable_progress_bar": False})
+    base = obtain_base(cfg)
     net = DeltaNetwork(base.model)
     name = load_patch(net, Path(cfg.patch))
     spec = net.specs[name]
@@ -46,13 +47,14 @@ def evaluate(cfg: DictConfig) -> dict:
     if dm.num_classes != spec.num_classes:
         raise PatchError(f"patch {cfg.patch} has {spec.num_classes} classes but task '{key}' of "
                          f"{dm.name} has {dm.num_classes}; pick the task/classes the patch was trained on")
-    m = _Patched(net).eval()
-    out = {"patch": str(cfg.patch), "task": key, "backbone": net.backbone_name,
-           "base_acc": None, "task_acc": accuracy(m, dm.test_dataloader(), name, dm.num_classes)}
+    evalset = EvalSet()
+    evalset.add("task", name, dm.num_classes, dm)
     if base.datamodule is not None:
         base.datamodule.setup()
-        out["base_acc"] = accuracy(m, base.datamodule.test_dataloader(), None, base.num_classes)
-    return out
+        evalset.add("base", None, base.num_classes, base.datamodule)
+    scores = LightningScorer(lambda: eval_trainer(cfg), _Patched(net), evalset).score("test")
+    return {"patch": str(cfg.patch), "task": key, "backbone": net.backbone_name,
+            "base_acc": scores.get("base"), "task_acc": scores["task"]}
 
 
 def main(argv: list[str] | None = None) -> None:

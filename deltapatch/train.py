@@ -16,7 +16,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .cli import guarded
-    from .experiment import run
+    from .scenarios import run
 
     results = guarded(run, cfg)
     return results.get("hmean", results.get("mean"))  # the value a Hydra sweeper would optimise

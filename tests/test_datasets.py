@@ -23,9 +23,13 @@ import fixtures_datasets as fx
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 # the classification datasets of deltapatch.data; detection/segmentation/ZSDA datasets
-# (deltapatch.tasks) are covered by tests/test_tasks.py
-ALL_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml")
-                     if "_target_: deltapatch.data." in p.read_text())
+# (deltapatch.scenarios) are covered by tests/test_tasks.py
+def _classification(path: Path) -> bool:
+    target = OmegaConf.load(path).get("_target_", "")
+    return target.startswith("deltapatch.data.") and issubclass(hydra.utils.get_class(target), ClassificationDataModule)
+
+
+ALL_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml") if _classification(p))
 
 
 def compose(name: str, tmp_path: Path, **overrides) -> DictConfig:
@@ -91,7 +95,7 @@ def test_every_config_instantiates(name, tmp_path):
         assert str(dm.data_dir).startswith(str(tmp_path)), "data_dir must come from paths.*"
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_CONFIGS if n not in ("digits", "fashion_mnist")])
+@pytest.mark.parametrize("name", [n for n in ALL_CONFIGS if n not in ("digits", "digits_shifted", "fashion_mnist")])
 def test_missing_data_is_one_line_naming_the_path(name, tmp_path):
     dm = make(name, tmp_path)
     with pytest.raises(DatasetNotFoundError) as err:
@@ -151,10 +155,16 @@ def test_imagenet_val_folder_alone_gives_the_test_split(tmp_path):
     wnids = ["n01440764", "n01443537"]
     fx.write_image_folder(tmp_path / "data" / "imagenet", wnids, n_train=0, n_test=3, ext="JPEG",
                           splits=("train", "val"))
-    dm = make("imagenet", tmp_path)
+    dm = make("imagenet", tmp_path, val_from_test=2)  # the YAML holds out 10,000 of ImageNet's 50,000
     dm.setup()
-    assert dm.class_names == wnids and sizes(dm) == (0, 0, 6)
-    assert split_labels(dm, "test") == [0, 0, 0, 1, 1, 1]
+    assert dm.class_names == wnids and sizes(dm) == (0, 2, 4)
+    # model selection gets a seeded part of the val folder, disjoint from what scores the base
+    val, test = dm.splits["val"], dm.splits["test"]
+    assert set(val.indices).isdisjoint(test.indices) and sorted(val.indices + test.indices) == list(range(6))
+    assert dm.split_info == {"train": 0, "val": 2, "test": 4, "val_from": "test", "val_from_test_seed": 0}
+    again = make("imagenet", tmp_path, val_from_test=2, seed=5)  # the run seed does not move it
+    again.setup()
+    assert again.splits["val"].indices == val.indices
     next(iter(dm.test_dataloader()))
     with pytest.raises(DatasetNotFoundError, match="imagenet/train"):
         dm.train_dataloader()

@@ -15,7 +15,6 @@ from deltapatch import ConfigError, create_backbone
 from deltapatch.methods import (BNAdaptMethod, ClippedAdamW, DeltaMethod, FCMethod, LearnableSkipMethod,
                                 LoRAMethod, PaintMethod, ParallelAdapterMethod, SeriesAdapterMethod)
 from deltapatch.methods.adapters import conv3x3_bn_pairs
-from deltapatch.training.metrics import accuracy
 
 from helpers import state_hash
 
@@ -248,6 +247,36 @@ def test_lora_targets_exact_names():
 
 
 # -- PAINT -----------------------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(method, data: DataLoader, task, num_classes: int) -> float:
+    """Top-1 in percent, by hand (independent of deltapatch.training.evaluation)."""
+    was = method.training
+    method.eval()
+    hits = total = 0
+    for x, y in data:
+        hits += int((method(x, task).argmax(1) == y).sum())
+        total += len(y)
+    method.train(was)
+    return 100.0 * hits / total
+
+
+class DictScorer:
+    """A Scorer over plain functions ``split -> method -> {key: acc}`` (what end_task may ask)."""
+
+    def __init__(self, method, evaluate):
+        self.method, self.evaluate = method, evaluate
+
+    def score(self, split):
+        return self.evaluate[split](self.method)
+
+    def sweep(self, split, variants):
+        out = []
+        for apply in variants:
+            apply()
+            out.append(self.evaluate[split](self.method))
+        return out
+
+
 def loader(seed: int, classes: int) -> DataLoader:
     x, y = batch(seed, n=16, classes=classes)
     return DataLoader(TensorDataset(x, y), batch_size=8)
@@ -291,12 +320,14 @@ def test_paint_sweep_chooses_alpha_on_validation():
     method = PaintMethod(base)
     method.add_task("a", 3)
     theta_0 = state_hash(base)
+    theta_0_state = method.backbone_state()
     train_steps(method, "a", steps=4)
+    theta_ft_state = method.backbone_state()
     evaluate = {
         "val": lambda m: {"base": accuracy(m, loader(5, 5), None, 5), "a": accuracy(m, loader(6, 3), "a", 3)},
         "test": lambda m: {"base": accuracy(m, loader(7, 5), None, 5), "a": accuracy(m, loader(8, 3), "a", 3)},
     }
-    out = method.end_task("a", evaluate["val"], evaluate["test"])
+    out = method.end_task("a", DictScorer(method, evaluate))
     assert out["selection"] == "hmean"
     sweep = out["alpha_sweep"]
     assert [r["alpha"] for r in sweep] == [i / 10 for i in range(11)]
@@ -307,6 +338,25 @@ def test_paint_sweep_chooses_alpha_on_validation():
     # the model is left at the chosen α: scoring it again gives that row
     chosen = next(r for r in sweep if r["alpha"] == out["alpha"])
     assert evaluate["test"](method) | {"hmean": chosen["test"]["hmean"]} == chosen["test"]
+    # the Lightning scorer (one evaluation loop over every α) gives the same table
+    from deltapatch.training.evaluation import EvalSet, LightningScorer
+    import pytorch_lightning as pl
+
+    class Split:
+        def __init__(self, val, test):
+            self.val_dataloader, self.test_dataloader = val, test
+
+    evalset = EvalSet()
+    evalset.add("base", None, 5, Split(lambda: loader(5, 5), lambda: loader(7, 5)))
+    evalset.add("a", "a", 3, Split(lambda: loader(6, 3), lambda: loader(8, 3)))
+    trainer = lambda: pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,  # noqa: E731
+                                 enable_checkpointing=False, enable_model_summary=False)
+    method.theta_0, method.theta_ft = theta_0_state, theta_ft_state
+    method.interpolate(1.0)  # back to the fine-tuned model the first sweep started from
+    lightning = method.end_task("a", LightningScorer(trainer, method, evalset))
+    assert lightning["alpha"] == out["alpha"]
+    for mine, theirs in zip(lightning["alpha_sweep"], sweep):
+        assert mine["val"] == pytest.approx(theirs["val"]) and mine["test"] == pytest.approx(theirs["test"])
     # the next task's θ_0 is the chosen model
     method.add_task("b", 3)
     method.interpolate(0.0)
@@ -322,12 +372,14 @@ def test_paint_selection():
     # ties go to the smaller α; a constant evaluator makes every α tie
     method = PaintMethod(r18(), alphas=[0.7, 0.3, 1.0])
     method.add_task("a", 3)
-    out = method.end_task("a", lambda m: {"base": 50.0, "a": 50.0}, lambda m: {"base": 1.0, "a": 1.0})
+    out = method.end_task("a", DictScorer(method, {"val": lambda m: {"base": 50.0, "a": 50.0},
+                                                   "test": lambda m: {"base": 1.0, "a": 1.0}}))
     assert out["alpha"] == 0.3
     # test_sweep=false: the test split is scored at the chosen α only
     method = PaintMethod(r18(), alphas=[0.0, 1.0], test_sweep=False)
     method.add_task("a", 3)
-    out = method.end_task("a", lambda m: {"base": 50.0, "a": 50.0}, lambda m: {"base": 1.0, "a": 2.0})
+    out = method.end_task("a", DictScorer(method, {"val": lambda m: {"base": 50.0, "a": 50.0},
+                                                   "test": lambda m: {"base": 1.0, "a": 2.0}}))
     assert [set(r) for r in out["alpha_sweep"]] == [{"alpha", "val", "test"}, {"alpha", "val"}]
     assert out["alpha_sweep"][0]["test"] == {"base": 1.0, "a": 2.0, "hmean": pytest.approx(4 / 3)}
 
@@ -381,7 +433,7 @@ def base_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", ["paint", "series_adapter", "lora"])
 def test_runner_end_to_end(name, tmp_path, base_cache):
     """One short run through the scenario runner: results.json has what the issue asks."""
-    from deltapatch.experiment import run
+    from deltapatch.scenarios import run
 
     res = run(compose_cfg(f"method={name}", f"paths.output_dir={tmp_path}", f"paths.cache_dir={base_cache}",
                           "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",

@@ -16,7 +16,7 @@ from helpers import FAST, ROOT, cli_env
 
 from deltapatch import CheckpointError, DeltaNetwork, create_backbone, save_patch
 from deltapatch.checkpoint import read_state_dict
-from deltapatch.experiment import run
+from deltapatch.scenarios import run
 
 METRICS = ("base_acc_before", "base_acc_after", "tasks", "hmean", "mean", "val", "tasks_when_trained",
            "trainable_params")
@@ -203,12 +203,18 @@ def test_bad_patches(trained_patch, tmp_path, case):
 
 
 def test_out_of_memory_becomes_batch_size_advice(make_cfg, monkeypatch):
-    import lightning as L
+    import pytorch_lightning as pl
 
-    def oom(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    from deltapatch.training.module import TaskModule
 
-    monkeypatch.setattr(L.Trainer, "fit", oom)
+    real_fit = pl.Trainer.fit
+
+    def oom(self, model, *a, **k):  # the task's training runs out of memory (the base trains as usual)
+        if isinstance(model, TaskModule):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(self, model, *a, **k)
+
+    monkeypatch.setattr(pl.Trainer, "fit", oom)
     from deltapatch.errors import ResourceError
 
     with pytest.raises(ResourceError, match=r"batch size 32; retry with dataset.batch_size=16"):

@@ -15,7 +15,7 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from deltapatch.cli import quote_numeric_groups
-from deltapatch.experiment import run
+from deltapatch.scenarios import run
 from deltapatch.reporting.tables import Stat, build_report, load_runs, method_label, metric_name, write_report
 
 from helpers import CONF, FAST, ROOT

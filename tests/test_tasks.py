@@ -1,4 +1,4 @@
-"""Beyond classification (deltapatch.tasks): each scenario end to end on its offline twin, the VOC
+"""Beyond classification (deltapatch.scenarios): each scenario end to end on its offline twin, the VOC
 loaders on a fixture in VOC's own layout, and the pieces the scenarios rest on."""
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from torchvision.transforms import v2 as T
 from deltapatch import create_backbone
 from deltapatch.data.base import DatasetNotFoundError
 from deltapatch.errors import ConfigError
-from deltapatch.experiment import run
+from deltapatch.scenarios import run
 from deltapatch.patch import base_fingerprint
-from deltapatch.tasks.body import DeltaBody
-from deltapatch.tasks.data import IGNORE_INDEX, segmentation_collate
-from deltapatch.tasks.shapes import render_shapes
-from deltapatch.tasks.voc import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule, voc_target
-from deltapatch.tasks.zsda import uniformity_loss
+from deltapatch.delta.body import DeltaBody
+from deltapatch.data.dense import IGNORE_INDEX, segmentation_collate
+from deltapatch.data.shapes import render_shapes
+from deltapatch.data.voc import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule, voc_target
+from deltapatch.scenarios.zsda import uniformity_loss
 
 # every scenario run here: one epoch of two tiny batches, no bars, no checkpoints
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
@@ -164,7 +164,7 @@ def test_dilated_body_matches_torchvision():
 
     import torchvision
 
-    from deltapatch.tasks.segmentation import dilate_resnet
+    from deltapatch.scenarios.segmentation import dilate_resnet
 
     torch.manual_seed(0)
     plain = torchvision.models.resnet50().eval()
@@ -217,7 +217,7 @@ def test_detection_on_voc_fixture(make_cfg, tmp_path):
                    "scenario.model.min_size=64", "scenario.model.max_size=96", "scenario.model.fpn_channels=32",
                    "scenario.model.representation_size=64", fast=False)
     res = run(cfg)
-    assert res["dataset"] == "voc_detection" and res["n_deltas"] == 0 and res["trained_parts"][0] == "fpn"
+    assert res["dataset"] == "voc_detection" and res["n_deltas"] is None and res["trained_parts"][0] == "fpn"
     assert len(res["class_names"]["voc_detection"]) == 20 and 0 <= res["map_50"] <= 100
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deltapatch import DeltaNetwork, create_backbone, load_patch
-from deltapatch.experiment import run
+from deltapatch.scenarios import run
 from deltapatch.training.base_model import base_cache_key
 
 from helpers import FAST, ROOT, cli_env

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -25,25 +25,58 @@ class DatasetNotFoundError(ConfigError):
     """A dataset's files are not where the config says, and download is off."""
 
 
+def process_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in torch.distributed (``(0, 1)`` outside DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """A shuffling sampler whose order depends only on (seed, epoch).
+    """A shuffling sampler whose order depends only on (seed, epoch), sharded across DDP ranks.
 
     Lightning calls ``set_epoch`` each epoch, also after resuming from a checkpoint, so a resumed
-    run sees exactly the batches an uninterrupted run would have seen.
+    run sees exactly the batches an uninterrupted run would have seen. Under DDP (the process
+    group exists when Lightning asks for the loader) rank r takes every world-th index of the same
+    order, padded by wrapping around so every rank has as many: the union of the ranks' k-th
+    batches of size B/world is the single-process run's k-th batch of size B. Runs turn Lightning's
+    own sampler replacement off (``use_distributed_sampler=False``): the sharding is done here.
     """
 
-    def __init__(self, data_source: Sequence, seed: int = 0):
+    def __init__(self, data_source: Sequence, seed: int = 0, rank: int | None = None, world: int | None = None):
+        r, w = process_rank()
+        self.rank, self.world = (r if rank is None else rank), (w if world is None else world)
         self.n, self.seed, self.epoch = len(data_source), seed, 0
+        self.per_rank = -(-self.n // self.world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.per_rank
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.world > 1:
+            order = (order + order[: self.per_rank * self.world - self.n])[self.rank::self.world]
+        return iter(order)
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Evaluation order, sharded across DDP ranks without repeats (rank r: indices r, r+w, ...),
+    so metrics synchronised across ranks count every sample exactly once."""
+
+    def __init__(self, data_source: Sequence, rank: int | None = None, world: int | None = None):
+        r, w = process_rank()
+        self.rank, self.world = (r if rank is None else rank), (w if world is None else world)
+        self.n = len(data_source)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
 
 
 class EpochBatchSampler(torch.utils.data.BatchSampler):
@@ -91,12 +124,16 @@ def to_rgb_pil(image: Any) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(pl.LightningDataModule):
     """Base DataModule: one dataset, optionally restricted to a subset of its classes.
 
     Splits: the dataset's own ``train``/``test`` (and ``val`` when ``has_val``); otherwise a
-    seeded ``val_fraction`` of train is held out for model selection. ``sample_rate`` keeps a
+    seeded ``val_fraction`` of train is held out for model selection. A dataset without a
+    training split (ImageNet as clusters keep it: only ``val/``) holds out ``val_from_test``
+    images (a count, or a fraction when below 1) of its test split instead, seeded by
+    ``split_seed`` and disjoint from the rest, which stays the test split. ``sample_rate`` keeps a
     class-balanced, seeded fraction of the training split (transfer-learning tables).
+    :attr:`split_info` says how the splits were made (results.json records it).
     """
 
     name: str = "dataset"
@@ -119,6 +156,8 @@ class ClassificationDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         max_train_samples: int | None = None,
+        val_from_test: float | None = None,
+        split_seed: int = 0,
         name: str | None = None,
     ):
         super().__init__()
@@ -133,6 +172,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.download, self.augment = download, augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.max_train_samples = max_train_samples
+        self.val_from_test, self.split_seed = val_from_test, split_seed
+        self.split_info: dict[str, Any] = {}
         self.all_class_names: list[str] = []
         self.splits: dict[str, TaskDataset] = {}
 
@@ -203,11 +244,29 @@ class ClassificationDataModule(L.LightningDataModule):
         train_idx = self._subsample(train_idx, train_labels, g)
         test_samples, test_labels = self.load_split("test")
         test_idx = [i for i, y in enumerate(test_labels) if y in label_map]
+        val_from = "official" if self.has_val else "train"
+        if not keep and not self.has_val and self.val_from_test:
+            # no training split: model selection needs a held-out part of the test split
+            test_idx, held = self._hold_out(test_idx, self.val_from_test)
+            val_samples, val_labels, val_idx, val_from = test_samples, test_labels, held, "test"
+        self.split_info = {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx), "val_from": val_from}
+        if val_from == "test":
+            self.split_info["val_from_test_seed"] = self.split_seed
         self.splits = {
             "train": TaskDataset(train_samples, train_labels, train_idx, label_map, self.transform(True)),
             "val": TaskDataset(val_samples, val_labels, val_idx, label_map, self.transform(False)),
             "test": TaskDataset(test_samples, test_labels, test_idx, label_map, self.transform(False)),
         }
+
+    def _hold_out(self, idx: list[int], size: float) -> tuple[list[int], list[int]]:
+        """Split ``idx`` into (rest, held) with ``size`` images held (a fraction when < 1), seeded by
+        ``split_seed`` (fixed, not the run seed: every run scores the base on the same images)."""
+        n = int(round(len(idx) * size)) if size < 1 else int(size)
+        if not 0 < n < len(idx):
+            raise ConfigError(f"{self.name}: val_from_test={size} leaves no images on one side of "
+                              f"{len(idx)} test images; choose a size between 1 and {len(idx) - 1}")
+        perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        return sorted(idx[p] for p in perm[n:]), sorted(idx[p] for p in perm[:n])
 
     def _subsample(self, idx: list[int], labels: Sequence[int], g: torch.Generator) -> list[int]:
         """Class-balanced, seeded ``sample_rate`` of ``idx``; then at most ``max_train_samples``."""
@@ -231,10 +290,14 @@ class ClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         data = self.splits[split]
+        sampler = EpochSampler(data, self.seed) if shuffle else ShardSampler(data)
         return DataLoader(
             data,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSampler(data, self.seed) if shuffle else None,
+            sampler=sampler,
+            # a last training batch of a few images gives BatchNorm nonsense statistics (and a
+            # misleading last loss): drop it, unless that would leave no batch at all
+            drop_last=shuffle and len(sampler) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -150,11 +150,8 @@ class DeltaNetwork(nn.Module):
             if ps is None:
                 h = self._run_stage(i, h)
                 continue
-            st = self.stages[i]
-            if st.pre is not None:
-                h = st.pre(h)
             rec = [] if record is not None else None
-            h = ps(h, st, rec)
+            h = ps.run(self.stages[i], h, rec)
             if record is not None:
                 record[i] = rec[0]
         return patch.head(self.adapter.pre_logits(h))

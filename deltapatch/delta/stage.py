@@ -43,6 +43,13 @@ class PatchedStage(nn.Module):
     def n_skips(self) -> int:
         return self.k * (self.k + 1) // 2
 
+    def run(self, stage: Stage, h: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """The whole patched stage from its input: ``stage.pre`` (ConvNeXt's downsample), then
+        :meth:`forward` on ``h_0``."""
+        if stage.pre is not None:
+            h = stage.pre(h)
+        return self(h, stage, record)
+
     def forward(self, h0: torch.Tensor, stage: Stage, record: list | None = None) -> torch.Tensor:
         lam = self.gate(h0)
         if record is not None:

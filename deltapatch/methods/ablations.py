@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import register_method
 from .hooked import HookedMethod
 
 
@@ -33,6 +34,7 @@ def _residual_bn(block: nn.Module) -> nn.BatchNorm2d:
     return bn
 
 
+@register_method
 class LearnableSkipMethod(HookedMethod):
     """``learnable_skip``: the frozen backbone's own residuals of the last ``n_stages`` stages
     (all stages when ``None``) scaled by a learned scalar each, plus a new head.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import register_method
 from .hooked import HookedMethod, clone_batchnorm, module_key
 
 MODES = ("series", "parallel")
@@ -112,6 +113,7 @@ class ResidualAdapterMethod(HookedMethod):
         return mods
 
 
+@register_method
 class SeriesAdapterMethod(ResidualAdapterMethod):
     """``series_adapter``: ``BN_out(z + conv1x1(BN_in(z)))`` after every 3×3 conv ``z``."""
 
@@ -121,6 +123,7 @@ class SeriesAdapterMethod(ResidualAdapterMethod):
         super().__init__(base, mode="series", zero_init=zero_init)
 
 
+@register_method
 class ParallelAdapterMethod(ResidualAdapterMethod):
     """``parallel_adapter``: ``BN_task(conv3x3(x) + conv1x1_task(x))`` at every 3×3 conv."""
 

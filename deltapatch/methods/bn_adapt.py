@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import register_method
 from .hooked import HookedMethod, clone_batchnorm, module_key
 
 
+@register_method
 class BNAdaptMethod(HookedMethod):
     """Per-task BatchNorm statistics (and affine parameters with ``train_affine``) + head.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Method, freeze
+from .base import Method, freeze, register_method
 
 
 class HeadsMethod(Method):
@@ -20,6 +20,9 @@ class HeadsMethod(Method):
         self.heads[name] = nn.Linear(self.adapter.num_features, num_classes).to(ref.device, ref.dtype)
         self.task_classes[name] = class_names
 
+    def head(self, task: str) -> nn.Linear:
+        return self.heads[task]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter.pre_logits(self.adapter.forward_features(x))
 
@@ -29,10 +32,12 @@ class HeadsMethod(Method):
         return self.heads[task](self.features(x))
 
 
+@register_method
 class FCMethod(HeadsMethod):
     """``fc``: frozen backbone in eval mode, only the new head trains."""
 
     name = "fc"
+    dense = True
 
     def __init__(self, base: nn.Module):
         super().__init__(freeze(base))
@@ -50,12 +55,15 @@ class FCMethod(HeadsMethod):
         return self
 
 
+@register_method
 class FinetuneMethod(HeadsMethod):
     """``finetune``: backbone + new head trained; the base head stays as it was and scores the
     base task on the changed backbone (so base accuracy may drop)."""
 
     name = "finetune"
     keeps_base = False
+    trains_backbone = True
+    dense = True
 
     def __init__(self, base: nn.Module):
         super().__init__(base)

@@ -121,6 +121,9 @@ class HookedMethod(Method):
             feats = self.adapter.pre_logits(self.adapter.forward_features(x))
         return self.heads[task](feats)
 
+    def head(self, task: str) -> nn.Linear:
+        return self.heads[task]
+
     def trainable_parameters(self, task: str) -> list[nn.Parameter]:
         params = list(self.tasks[task].parameters()) + list(self.heads[task].parameters())
         return [p for p in params if p.requires_grad]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, freeze
+from .base import Method, freeze, register_method
 
 
 def _import_peft():
@@ -39,6 +39,7 @@ def shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+@register_method
 class LoRAMethod(Method):
     """LoRA on every ``nn.Conv2d`` of the backbone (or the modules named in ``target_modules``;
     the base head is never a target) and a new head, per task. The head takes the place of the
@@ -92,6 +93,9 @@ class LoRAMethod(Method):
         if task is None:
             return self.base(x)
         return self.nets[task](x)
+
+    def head(self, task: str) -> nn.Linear:
+        return self.heads[task]
 
     def lora_parameters(self, task: str) -> list[nn.Parameter]:
         return [p for n, p in self.nets[task].named_parameters() if "lora_" in n]

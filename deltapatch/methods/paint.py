@@ -17,14 +17,15 @@ trainer config that every method shares.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..training.metrics import harmonic_mean, mean
-from .base import Evaluator
+from ..scores import aggregate_fn, aggregate_name
+from .base import Scorer, register_method
 from .heads import FinetuneMethod
 
 SELECTIONS = ("hmean", "mean", "auto")
@@ -55,6 +56,7 @@ class ClippedAdamW(torch.optim.AdamW):
         return loss
 
 
+@register_method
 class PaintMethod(FinetuneMethod):
     """``paint``: fine-tuning plus the α sweep in :meth:`end_task`.
 
@@ -76,7 +78,7 @@ class PaintMethod(FinetuneMethod):
         if not self.alphas or any(not 0.0 <= a <= 1.0 for a in self.alphas):
             raise ConfigError(f"paint alphas must be in [0, 1], got {self.alphas}")
         self.test_sweep = test_sweep
-        self.selection = ("mean" if scenario == "sequential" else "hmean") if selection == "auto" else selection
+        self.selection = aggregate_name(scenario) if selection == "auto" else selection
         head = self.adapter.classifier()
         prefix = next(n for n, m in self.base.named_modules() if m is head)
         # the interpolated state: every backbone entry, the base model's head left out
@@ -123,19 +125,26 @@ class PaintMethod(FinetuneMethod):
 
     # -- α sweep -------------------------------------------------------------
     def _aggregate(self, accs: dict[str, float | None]) -> float | None:
-        values = [v for v in accs.values() if v is not None]  # no base data: the tasks alone
-        return harmonic_mean(values) if self.selection == "hmean" else mean(values)
+        values = [v for v in accs.values() if v is not None]
+        return aggregate_fn(self.selection)(values) if values else None
 
-    def end_task(self, task: str, evaluate_val: Evaluator, evaluate_test: Evaluator) -> dict[str, Any]:
-        """Sweep α, keep the model at the α with the best validation aggregate, return the table."""
+    def end_task(self, task: str, scorer: Scorer) -> dict[str, Any]:
+        """Sweep α, keep the model at the α with the best validation aggregate, return the table.
+
+        Each split's sweep is one evaluation loop (every α, every scored key); the base task must be
+        among the keys (the runner refuses PAINT without base data), so α never trades the base
+        away unseen.
+        """
         self.theta_ft = self.backbone_state()
-        splits = [("val", evaluate_val)] + ([("test", evaluate_test)] if self.test_sweep else [])
+        variants = [partial(self.interpolate, alpha) for alpha in self.alphas]
+        sweeps = {"val": scorer.sweep("val", variants)}
+        if self.test_sweep:
+            sweeps["test"] = scorer.sweep("test", variants)
         sweep = []
-        for alpha in self.alphas:
-            self.interpolate(alpha)
+        for i, alpha in enumerate(self.alphas):
             row: dict[str, Any] = {"alpha": alpha}
-            for split, evaluate in splits:
-                accs = dict(evaluate(self))
+            for split, results in sweeps.items():
+                accs = dict(results[i])
                 accs[self.selection] = self._aggregate(accs)
                 row[split] = accs
             sweep.append(row)
@@ -145,7 +154,7 @@ class PaintMethod(FinetuneMethod):
         self.interpolate(best)
         if not self.test_sweep:
             row = next(r for r in sweep if r["alpha"] == best)
-            row["test"] = dict(evaluate_test(self))
+            row["test"] = dict(scorer.score("test"))
             row["test"][self.selection] = self._aggregate(row["test"])
         self.theta_0 = self.theta_ft = None  # the next task snapshots its own θ_0
         return {"alpha": best, "selection": self.selection, "alpha_sweep": sweep}

@@ -9,41 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
 
-import torch
-
-from ..errors import DeltaPatchError
-
-
-class ReportError(DeltaPatchError):
-    """A finished run cannot be turned into what was asked (missing config, base or patch)."""
-
-
-@torch.no_grad()
-def mean_lambdas(net, loader: Iterable, task: str, device: torch.device | str = "cpu",
-                 max_batches: int | None = None) -> dict[int, list[float]]:
-    """``{stage_index: [mean λ per skip]}`` of ``task`` over ``loader`` (λ column order of
-    :func:`deltapatch.delta.stage.skip_pairs`: j ascending, then i)."""
-    was_training = net.training
-    net.eval()  # λ at inference: random_lambda's gate gives 0.5, the others are deterministic
-    sums: dict[int, torch.Tensor] = {}
-    count = 0
-    try:
-        for b, batch in enumerate(loader):
-            if max_batches is not None and b >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            record = net.lambdas(x.to(device), task)
-            for stage, lam in record.items():
-                total = lam.detach().float().sum(0).cpu()
-                sums[int(stage)] = sums[int(stage)] + total if int(stage) in sums else total
-            count += x.shape[0]
-    finally:
-        net.train(was_training)
-    if count == 0:
-        raise ReportError(f"no samples to average λ of task '{task}' over")
-    return {stage: (s / count).tolist() for stage, s in sorted(sums.items())}
+from ..errors import ReportError
+from ..training.evaluation import mean_lambdas
 
 
 def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int | None = None,
@@ -58,8 +26,8 @@ def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int 
     from omegaconf import OmegaConf
 
     from ..delta import DeltaNetwork
-    from ..experiment import build_tasks
     from ..patch import load_patch, read_patch_metadata
+    from ..scenarios.common import build_tasks
     from ..training.base_model import base_cache_key, obtain_base
 
     run_dir = Path(run_dir)
@@ -76,12 +44,8 @@ def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int 
                               f"folder the run was started in, or pass allow_base_training")
     if cfg.base.source == "scratch":
         raise ReportError(f"{run_dir}: a from-scratch base is trained with the patch; λ are not rebuildable")
-    base = obtain_base(cfg, trainer_kwargs={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
+    base = obtain_base(cfg)
     tasks = build_tasks(cfg)
-    if cfg.scenario.name == "joint":
-        from ..data.joint import JointDataModule
-
-        tasks = {str(cfg.scenario.get("joint_name", "joint")): JointDataModule(tasks)}
     net = DeltaNetwork(base.model).to(device)
     out: dict[str, dict[int, list[float]]] = {}
     for name, dm in tasks.items():
@@ -103,4 +67,4 @@ def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int 
     return out
 
 
-__all__ = ["ReportError", "lambdas_from_run", "mean_lambdas"]
+__all__ = ["ReportError", "lambdas_from_run", "mean_lambdas"]  # mean_lambdas re-exported for plots

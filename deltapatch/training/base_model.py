@@ -7,9 +7,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
@@ -19,6 +21,7 @@ from ..checkpoint import atomic_path, read_state_dict, write_json
 from ..data.base import ClassificationDataModule
 from ..errors import CheckpointError, ConfigError
 from .module import BaseModule
+from .trainer import make_trainer
 
 log = logging.getLogger(__name__)
 SOURCES = ("train", "pretrained", "checkpoint", "scratch")
@@ -62,10 +65,24 @@ def base_cache_key(cfg: DictConfig) -> str:
         "epochs": b.epochs, "lr": b.lr, "weight_decay": b.weight_decay, "seed": b.seed,
         "version": 1,
     }
+    # the run's trainer shapes the base too: recorded only when not the default, so that the
+    # keys of plain single-process fp32 bases stay what they were
+    world = int(cfg.trainer.get("devices", 1) if str(cfg.trainer.get("devices", 1)).isdigit() else 1) \
+        * int(cfg.trainer.get("num_nodes", 1) or 1)
+    if world > 1:
+        key["world_size"] = world
+    if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32"):
+        key["precision"] = str(cfg.trainer.precision)
+    if b.get("limit_train_batches") is not None:
+        key["limit_train_batches"] = b.limit_train_batches
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def obtain_base(cfg: DictConfig, trainer_kwargs: dict | None = None) -> BaseInfo:
+def obtain_base(cfg: DictConfig, loggers: list | None = None) -> BaseInfo:
+    """The base model of ``cfg.base`` and the data that scores it (see :class:`BaseInfo`).
+    A base trained here uses the run's trainer settings (devices, strategy, precision) and
+    ``loggers``, with its own recipe (``base.epochs``, ``lr``, ``weight_decay``, ``seed``,
+    ``limit_train_batches``)."""
     source = cfg.base.source
     if source not in SOURCES:
         raise ConfigError(f"unknown base.source '{source}'; choose one of {', '.join(SOURCES)}")
@@ -84,36 +101,57 @@ def obtain_base(cfg: DictConfig, trainer_kwargs: dict | None = None) -> BaseInfo
     if source == "scratch":  # trained together with the patch later: random init, no cache
         model = instantiate(cfg.backbone.model, pretrained=False, num_classes=dm.num_classes)
         return BaseInfo(model, dm.num_classes, dm)
-    return _trained_base(cfg, dm, trainer_kwargs or {})
+    return _trained_base(cfg, dm, loggers or [])
 
 
-def _trained_base(cfg: DictConfig, dm: ClassificationDataModule, trainer_kwargs: dict) -> BaseInfo:
-    key = base_cache_key(cfg)
-    path = Path(cfg.base.cache_dir) / f"{cfg.backbone.name}-{key}.safetensors"
-    if path.exists():
-        try:
-            model = instantiate(cfg.backbone.model, pretrained=str(path), num_classes=dm.num_classes)
-            log.info("base model from cache %s", path)
-            return BaseInfo(model, dm.num_classes, dm, cache_path=path)
-        except (CheckpointError, ConfigError) as e:  # a corrupt cache is rebuilt, not trusted
-            log.warning("ignoring unusable cached base %s: %s", path, e)
-    log.info("training base model %s on %s classes %s", cfg.backbone.name, dm.name, dm.class_ids)
-    with torch.random.fork_rng():
-        L.seed_everything(cfg.base.seed, workers=True, verbose=False)
-        model = instantiate(cfg.backbone.model, pretrained=False, num_classes=dm.num_classes)
-        module = BaseModule(model, dm.num_classes, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay)
-        trainer = L.Trainer(max_epochs=cfg.base.epochs, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
-        trainer.fit(module, datamodule=dm)
-    model.eval()
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"backbone": cfg.backbone.name, "key": key})
-    write_json(path.with_suffix(".json"), {"key": key, "backbone": cfg.backbone.name, "dataset": dm.name,
-                                           "classes": dm.class_ids, "epochs": cfg.base.epochs})
-    # reload so the model is exactly what later runs will read from the cache
-    model = instantiate(cfg.backbone.model, pretrained=str(path), num_classes=dm.num_classes)
+def _trained_base(cfg: DictConfig, dm: ClassificationDataModule, loggers: list) -> BaseInfo:
+    path = Path(cfg.base.cache_dir) / f"{cfg.backbone.name}-{base_cache_key(cfg)}.safetensors"
+    model = train_cached(
+        cfg, path, dm.num_classes,
+        make_module=lambda m: BaseModule(m, dm.num_classes, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay),
+        data={"datamodule": dm}, loggers=loggers,
+        info={"dataset": dm.name, "classes": dm.class_ids, "epochs": cfg.base.epochs})
     return BaseInfo(model, dm.num_classes, dm, cache_path=path)
 
 
-__all__ = ["BaseInfo", "base_cache_key", "base_datamodule", "obtain_base", "read_state_dict"]
+def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Callable[[nn.Module], pl.LightningModule],
+                 data: dict[str, Any], loggers: list | None = None, info: dict[str, Any] | None = None,
+                 pretrained: bool = False, **trainer_overrides: Any) -> nn.Module:
+    """A ``cfg.backbone`` model trained once with ``base.*``'s recipe and cached at ``path``.
+
+    A usable file at ``path`` is loaded; otherwise the model is built (random init, or hub weights
+    with ``pretrained``), wrapped by ``make_module`` and fitted on ``data`` (``fit`` keywords) with
+    the run's trainer settings, saved by rank 0 (atomically, with ``info`` beside it as JSON) and
+    read back, so a run uses exactly what later runs read from the cache. A corrupt file is
+    rebuilt with a warning.
+    """
+    if path.exists():
+        try:
+            model = instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
+            log.info("model from cache %s", path)
+            return model
+        except (CheckpointError, ConfigError) as e:  # a corrupt cache is rebuilt, not trusted
+            log.warning("ignoring unusable cached model %s: %s", path, e)
+    log.info("training %s for %s epochs, to be cached at %s", cfg.backbone.name, cfg.base.epochs, path)
+    with torch.random.fork_rng():
+        pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
+        model = instantiate(cfg.backbone.model, pretrained=pretrained, num_classes=num_classes)
+        module = make_module(model)
+        trainer = make_trainer(cfg, loggers=loggers, checkpoints=False, max_epochs=cfg.base.epochs,
+                               limit_train_batches=cfg.base.get("limit_train_batches") or 1.0,
+                               # bit-reproducible on CPU; CUDA lacks deterministic kernels for some
+                               # backward passes (adaptive pooling): warn there instead of failing
+                               deterministic=True if cfg.trainer.get("accelerator", "cpu") == "cpu" else "warn",
+                               enable_model_summary=False, num_sanity_val_steps=0, **trainer_overrides)
+        trainer.fit(module, **data)
+    model.eval()
+    if rank_zero_only.rank == 0:  # one writer; the other DDP ranks wait at the barrier, then read it
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp,
+                      metadata={"backbone": cfg.backbone.name})
+        write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {})})
+    trainer.strategy.barrier("model-cache")
+    return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
+
+
+__all__ = ["BaseInfo", "base_cache_key", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]

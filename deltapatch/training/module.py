@@ -1,9 +1,9 @@
 """The LightningModule that trains one task of a method (and the one that trains a base model)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -11,30 +11,44 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..methods.base import Method
+from ..scores import aggregate_fn
+from .evaluation import EvalItem, ItemScoring, LoaderFactory
 
 
 def _default_optimizer(params):
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
-class TaskModule(L.LightningModule):
+class TaskModule(ItemScoring, pl.LightningModule):
     """Trains ``method``'s task ``task`` with cross-entropy; optimizes only
     ``method.trainable_parameters(task)``. Frozen parts stay in eval mode because every method's
-    ``train()`` keeps them there."""
+    ``train()`` keeps them there.
+
+    Data comes from factories called inside Lightning's loops (in each DDP process):
+    ``train_loader`` for training, and every item of ``val_items`` (the base task and every task
+    so far) for the per-epoch validation, which logs ``val/<key>/acc`` and ``val/<aggregate>``
+    (``fixed`` values, e.g. a kept base's accuracy measured once, join the aggregate unscored).
+    With ``from_features`` the training batches hold cached frozen-prefix features.
+    """
 
     def __init__(self, method: Method, task: str, num_classes: int,
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool | str = False):
+                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool | str = False,
+                 train_loader: LoaderFactory | None = None, val_items: Sequence[EvalItem] = (),
+                 fixed: dict[str, float | None] | None = None, aggregate: str = "hmean",
+                 from_features: bool = False):
         super().__init__()
         self.method, self.task = method, task
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        # predictions are passed as class ids, so a one-class task (a sequential step) works too
         self.train_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
-        self.val_acc = MulticlassAccuracy(max(num_classes, 2), average="micro")
         self.channels_last = channels_last
-        self.from_features = False
+        self.from_features = from_features
+        self.train_loader_factory = train_loader
+        self._init_scoring([(0, "val", item) for item in val_items])
+        self.fixed = dict(fixed or {})
+        self.aggregate = aggregate
         self._run, self._run_from = self._plain_run, self._plain_run_from
         if compile:
             # compiled lazily on the first batch; true = inductor, a string names another backend
@@ -53,29 +67,49 @@ class TaskModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self._run(x)
 
+    # -- data ----------------------------------------------------------------
+    def train_dataloader(self):
+        if self.train_loader_factory is None:
+            raise RuntimeError("TaskModule needs train_loader (a loader factory) to train")
+        return self.train_loader_factory()
+
+    def val_dataloader(self):
+        return self._loaders()
+
+    # -- steps ---------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
         # from_features: batches hold cached frozen-prefix features, not images
         logits = self._run_from(x) if self.from_features else self(x)
         loss = self.loss(logits, y)
-        self.train_acc(logits.argmax(1), y)
-        self.log(f"{self.task}/train_loss", loss, prog_bar=True)
-        self.log(f"{self.task}/train_acc", self.train_acc, on_step=False, on_epoch=True)
+        self.train_acc.update(logits.argmax(1), y)
+        self.log(f"train/{self.task}/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self(x)
-        self.val_acc(logits.argmax(1), y)
-        self.log(f"{self.task}/val_loss", self.loss(logits, y))
-        self.log(f"{self.task}/val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+    def on_train_epoch_end(self) -> None:
+        self.log(f"train/{self.task}/acc", self.train_acc.compute() * 100.0, sync_dist=True)
+        self.train_acc.reset()
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._score_batch(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.plan:
+            return
+        accs = {item.key: value for (_, _, item), value in zip(self.plan, self._computed())}
+        accs = {**self.fixed, **accs}
+        # already global values (torchmetrics synced the counts); sync_dist only says so
+        self.log_dict({f"val/{k}/acc": v for k, v in accs.items() if v is not None}, sync_dist=True)
+        value = aggregate_fn(self.aggregate)(list(accs.values()))
+        if value is not None:
+            self.log(f"val/{self.aggregate}", value, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.method.trainable_parameters(self.task) if p.requires_grad]
         return optimizers_for(self, params, self.optimizer_factory, self.scheduler_factory)
 
 
-def optimizers_for(module: L.LightningModule, params: list[nn.Parameter], optimizer: Callable,
+def optimizers_for(module: pl.LightningModule, params: list[nn.Parameter], optimizer: Callable,
                    scheduler: Callable | None = None) -> Any:
     """What ``configure_optimizers`` returns: ``optimizer(params)``, with ``scheduler(opt,
     total_steps=...)`` stepped every batch when one is given."""
@@ -86,13 +120,13 @@ def optimizers_for(module: L.LightningModule, params: list[nn.Parameter], optimi
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def make_task_module(cfg: DictConfig, method: Method, task: str, num_classes: int) -> TaskModule:
+def make_task_module(cfg: DictConfig, method: Method, task: str, num_classes: int, **kwargs: Any) -> TaskModule:
     """The TaskModule of ``task`` with the method's optimizer/scheduler and the run's speed options
-    (``channels_last``, ``compile``)."""
+    (``channels_last``, ``compile``); ``kwargs`` go to :class:`TaskModule` (loaders, val items)."""
     sched: Any = cfg.method.get("scheduler")
     return TaskModule(method, task, num_classes, optimizer=instantiate(cfg.method.optimizer),
                       scheduler=instantiate(sched) if sched else None,
-                      channels_last=cfg.get("channels_last", False), compile=cfg.get("compile", False))
+                      channels_last=cfg.get("channels_last", False), compile=cfg.get("compile", False), **kwargs)
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
@@ -112,7 +146,7 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
 
 
 
-class BaseModule(L.LightningModule):
+class BaseModule(pl.LightningModule):
     """Trains a whole backbone on the base task (``base=train``)."""
 
     def __init__(self, model: nn.Module, num_classes: int, lr: float = 1e-3, weight_decay: float = 1e-4):
@@ -127,13 +161,16 @@ class BaseModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("base/train_loss", loss, prog_bar=True)
+        self.log("base_model/train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.val_acc(self(x).argmax(1), y)
-        self.log("base/val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.val_acc.update(self(x).argmax(1), y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("base_model/val_acc", self.val_acc.compute() * 100.0, prog_bar=True, sync_dist=True)
+        self.val_acc.reset()
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)

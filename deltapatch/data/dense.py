@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.base import IMAGENET_MEAN, IMAGENET_STD
+from .base import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ShardSampler
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 IGNORE_INDEX = 255  # VOC's "void" label: pixels on object borders, and padding
@@ -38,7 +38,7 @@ def segmentation_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([pad(i, 0.0) for i in images]), torch.stack([pad(m, IGNORE_INDEX) for m in masks])
 
 
-class DenseDataModule(L.LightningDataModule):
+class DenseDataModule(pl.LightningDataModule):
     """Shared loaders. ``class_names`` excludes the background class (index 0 in both tasks).
 
     ``model_hints``: model sizes that fit this data (Faster R-CNN ``min_size``, ``anchor_sizes``,
@@ -83,10 +83,12 @@ class DenseDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return DataLoader(self.splits[split], batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, collate_fn=self.collate,
+        data = self.splits[split]
+        # the shuffle order depends on (seed, epoch) only; sharded across DDP ranks like classification
+        sampler = EpochSampler(data, self.seed) if shuffle else ShardSampler(data)
+        return DataLoader(data, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0,
-                          # its own generator: the shuffle order depends on the seed only
                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
@@ -100,7 +102,7 @@ class DenseDataModule(L.LightningDataModule):
 
 
 class ShapesDetectionDataModule(DenseDataModule):
-    """Synthetic shapes with exact boxes (see :mod:`deltapatch.tasks.shapes`): VOC's offline twin.
+    """Synthetic shapes with exact boxes (see :mod:`deltapatch.data.shapes`): VOC's offline twin.
 
     Splits are disjoint by construction (each has its own generator stream); ``data_seed`` fixes
     the images, independent of the run seed, so runs of any seed are scored on the same test set.

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,18 +22,17 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..patch import base_fingerprint
 from ..training.base_model import obtain_base
-from ..training.metrics import accuracy
+from ..training.evaluation import EvalSet, LightningScorer
 from ..training.module import make_task_module
-from .common import (accelerator_kwargs, check_base, finish, make_loggers, make_trainer, results_skeleton,
-                     run_device)
+from ..training.trainer import eval_trainer, make_trainer
+from .common import check_base, finish, make_loggers, results_skeleton, save_patch_file, seed
 
 log = logging.getLogger(__name__)
 
 
-def run_transfer(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Train ``method`` on the target ``dataset`` from ``base`` and score target test accuracy."""
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed(cfg.seed)
     sc = cfg.scenario
     overrides = {"sample_rate": float(sc.sample_rate)}
     if sc.get("classes") is not None:
@@ -43,42 +40,41 @@ def run_transfer(cfg: DictConfig) -> dict[str, Any]:
     dm = instantiate(cfg.dataset, **overrides)
     dm.setup()
     task = str(sc.get("task_name") or dm.name)
+    loggers = make_loggers(cfg)
 
     if cfg.base.source == "scratch":  # no pre-training: a random backbone the method trains
         model = instantiate(cfg.backbone.model, pretrained=False, num_classes=dm.num_classes)
     else:
-        model = obtain_base(cfg, trainer_kwargs=accelerator_kwargs(cfg)).model
+        model = obtain_base(cfg, loggers).model
     fingerprint = base_fingerprint(model)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the new weights depend on the seed only
+    seed(cfg.seed)  # the new weights depend on the seed only
     method: Method = instantiate(cfg.method.module, base=model)
     if cfg.base.source == "scratch" and method.keeps_base:
         raise ConfigError(f"base=scratch starts from random weights that method={cfg.method.name} would keep "
                           f"frozen; train from scratch with method=finetune_delta (∆-Networks) or method=finetune")
-    device = run_device(cfg)
-    method.to(device)
     method.add_task(task, dm.num_classes, dm.class_names)
+    evalset = EvalSet()
+    evalset.add(task, task, dm.num_classes, dm)
 
-    module = make_task_module(cfg, method, task, dm.num_classes)
-    loggers = make_loggers(cfg)
-    trainer = make_trainer(cfg, task, loggers, limit_val_batches=cfg.trainer.get("limit_val_batches"))
+    module = make_task_module(cfg, method, task, dm.num_classes, train_loader=dm.train_dataloader,
+                              val_items=evalset.select(), aggregate="mean")
+    trainer = make_trainer(cfg, task, loggers)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module)
     seconds = time.perf_counter() - t0
 
-    method.to(device)
-    target = accuracy(method, dm.test_dataloader(), task, dm.num_classes, device)
-    val = accuracy(method, dm.val_dataloader(), task, dm.num_classes, device)
+    scores = LightningScorer(lambda: eval_trainer(cfg), method, evalset).score_splits(("test", "val"))
+    target, val = scores["test"][task], scores["val"][task]
     unchanged = check_base(model, fingerprint, frozen=method.keeps_base, what=f"transfer ({cfg.method.name})")
 
-    results = results_skeleton(cfg, dm.name)
+    results = results_skeleton(cfg, dm.name, method)
     results.update(train_seconds=seconds, base_model_unchanged=unchanged, metric="target_acc",
                    target_acc=target, tasks={task: target}, val={task: val},
                    sample_rate=float(sc.sample_rate), train_samples=len(dm.splits["train"]),
                    classes=OmegaConf.to_container(sc.classes) if sc.get("classes") is not None else None,
                    class_names={task: dm.class_names})
     results["trainable_params"][task] = method.num_trainable(task)
-    patch = method.save_patch(task, out_dir / "patches" / f"{task}.patch.safetensors",
-                              config=OmegaConf.to_container(cfg, resolve=False))
+    patch = save_patch_file(cfg, method, task)
     if patch is not None:
-        results["patch_files"][task] = {"path": str(patch), "bytes": patch.stat().st_size}
+        results["patch_files"][task] = patch
     return finish(cfg, results, loggers, {"test/target_acc": target})

@@ -15,8 +15,8 @@ from torchvision import datasets as tvd
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-from ..data.base import DatasetNotFoundError
-from .data import IGNORE_INDEX, DenseDataModule
+from .base import DatasetNotFoundError
+from .dense import IGNORE_INDEX, DenseDataModule
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

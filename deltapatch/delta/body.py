@@ -16,24 +16,8 @@ import torch
 from torch import nn
 
 from ..backbones import get_adapter
-from ..delta.stage import PatchedStage
 from ..errors import ConfigError
-
-# method name -> (∆-modules on the last n stages, body weights train). Detection and
-# segmentation take their method from the same conf/method group as classification.
-METHOD_PARTS: dict[str, tuple[bool, bool]] = {
-    "delta": (True, False),  # the paper's setting: frozen body + ∆-modules
-    "fc": (False, False),  # frozen body, heads only: the "backbone" row of Table 7
-    "finetune": (False, True),
-    "finetune_delta": (True, True),
-}
-
-
-def method_parts(method_name: str) -> tuple[bool, bool]:
-    if method_name not in METHOD_PARTS:
-        raise ConfigError(f"method '{method_name}' has no detection/segmentation form; "
-                          f"choose one of {', '.join(METHOD_PARTS)}")
-    return METHOD_PARTS[method_name]
+from .stage import PatchedStage
 
 
 class DeltaBody(nn.Module):
@@ -94,12 +78,7 @@ class DeltaBody(nn.Module):
 
     def _stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         ps = self.deltas[str(i)] if str(i) in self.deltas else None
-        if ps is None:
-            return self.adapter.run_stage(self.stages[i], h)
-        st = self.stages[i]
-        if st.pre is not None:
-            h = st.pre(h)
-        return ps(h, st)
+        return self.adapter.run_stage(self.stages[i], h) if ps is None else ps.run(self.stages[i], h)
 
     def delta_parameters(self) -> list[nn.Parameter]:
         return list(self.deltas.parameters())

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,12 +33,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..data.dense import DenseDataModule
+from ..delta.body import DeltaBody
 from ..errors import ConfigError
 from ..training.module import optimizers_for
-from .body import DeltaBody
-from .common import (check_base, config_dict, count_trainable, finish, make_loggers, make_trainer,
-                     prepare_dense, results_skeleton, run_device, save_trained)
-from .data import DenseDataModule
+from ..training.trainer import make_trainer
+from .common import check_base, config_dict, count_trainable, finish, make_loggers, results_skeleton, run_device, save_trained
+from .dense import delta_options, model_settings, prepare_dense
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,6 @@ class DeltaFPN(nn.Module):
 
     def forward(self, x: torch.Tensor):
         return self.fpn(self.body(x))
-
-
-def model_settings(dm: DenseDataModule, scenario_model: DictConfig | dict | None) -> dict[str, Any]:
-    """torchvision's defaults, then the dataset's ``model_hints``, then the scenario's non-null
-    ``model`` entries."""
-    settings = dict(dm.model_hints)
-    given = OmegaConf.to_container(scenario_model) if isinstance(scenario_model, DictConfig) else scenario_model
-    settings.update({k: v for k, v in (given or {}).items() if v is not None})
-    return settings
 
 
 def build_detector(body: DeltaBody, num_classes: int, mean, std, settings: dict[str, Any]) -> FasterRCNN:
@@ -91,7 +83,7 @@ def build_detector(body: DeltaBody, num_classes: int, mean, std, settings: dict[
                       rpn_anchor_generator=anchors, image_mean=list(mean), image_std=list(std), **settings)
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(pl.LightningModule):
     """Trains a torchvision detector on the sum of its losses; optimises only what requires grad."""
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None):
@@ -130,17 +122,11 @@ def evaluate_detection(model: nn.Module, loader, device: torch.device | str = "c
     return {k: float(out[k]) * 100.0 for k in ("map", "map_50", "map_75")}
 
 
-def delta_options(cfg: DictConfig) -> dict[str, Any]:
-    """∆-module options of the chosen method config (its defaults for methods without them)."""
-    m = cfg.method.get("module") or {}
-    return {"bn_placement": m.get("bn_placement", "out"), "gate": m.get("gate", "delta"),
-            "gate_kwargs": OmegaConf.to_container(m.gate_kwargs) if m.get("gate_kwargs") else None}
-
-
-def run_detection(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """``scenario=detection``: train Faster R-CNN on ``dataset`` and score mAP on its test split."""
     out_dir = Path(cfg.paths.output_dir)
-    setup = prepare_dense(cfg, "detection")
+    loggers = make_loggers(cfg)
+    setup = prepare_dense(cfg, "detection", loggers)
     dm: DenseDataModule = setup.dm
     use_delta, train_body, n_deltas = setup.use_delta, setup.train_body, setup.n_deltas
     base, fingerprint = setup.base, setup.fingerprint
@@ -150,8 +136,7 @@ def run_detection(cfg: DictConfig) -> dict[str, Any]:
     module = DetectionModule(model, instantiate(cfg.scenario.optimizer),
                              instantiate(cfg.scenario.scheduler) if cfg.scenario.get("scheduler") else None)
 
-    loggers = make_loggers(cfg)
-    trainer = make_trainer(cfg, "detection", loggers)
+    trainer = make_trainer(cfg, "detection", loggers, limit_val_batches=0)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     seconds = time.perf_counter() - t0
@@ -164,7 +149,7 @@ def run_detection(cfg: DictConfig) -> dict[str, Any]:
     task = dm.name
     results = results_skeleton(cfg, dm.name)
     results.update(
-        n_deltas=n_deltas, train_seconds=seconds, base_model_unchanged=unchanged, tasks={task: scores["map_50"]},
+        n_deltas=n_deltas or None, train_seconds=seconds, base_model_unchanged=unchanged, tasks={task: scores["map_50"]},
         metric="map_50", **scores,
         trained_parts=(["delta"] if use_delta else []) + (["body"] if train_body else []) + ["fpn", "rpn", "roi_heads"],
         class_names={task: dm.class_names},

@@ -6,7 +6,7 @@ on the third) with :class:`DeltaBody` in place of ``IntermediateLayerGetter``. A
 with strides turned into dilation (same tensors), so the base model object itself is never
 touched; ResNet-18/34 dilate too (torchvision's constructor refuses BasicBlock dilation, the
 in-place rule here does not). What trains follows ``method`` exactly as for detection
-(:mod:`deltapatch.tasks.detection`): ``delta`` = ∆-modules + DeepLab head(s) on the frozen base.
+(:mod:`deltapatch.scenarios.detection`): ``delta`` = ∆-modules + DeepLab head(s) on the frozen base.
 
 The score is mIoU over all classes, background included (VOC's protocol), from torchmetrics'
 ``MulticlassJaccardIndex`` with VOC's border label ignored.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -29,13 +29,13 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
+from ..data.dense import IGNORE_INDEX, DenseDataModule
+from ..delta.body import DeltaBody
 from ..errors import ConfigError
 from ..training.module import optimizers_for
-from .body import DeltaBody
-from .common import (check_base, config_dict, count_trainable, finish, make_loggers, make_trainer,
-                     prepare_dense, results_skeleton, run_device, save_trained)
-from .data import IGNORE_INDEX, DenseDataModule
-from .detection import delta_options, model_settings
+from ..training.trainer import make_trainer
+from .common import check_base, config_dict, count_trainable, finish, make_loggers, results_skeleton, run_device, save_trained
+from .dense import delta_options, model_settings, prepare_dense
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def build_deeplab(body: DeltaBody, num_classes: int, aux: bool) -> DeepLabV3:
                      FCNHead(channels[-2], num_classes) if aux else None)
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(pl.LightningModule):
     """Per-pixel cross-entropy (+ 0.5 x the auxiliary head's, as torchvision's reference)."""
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
@@ -154,10 +154,11 @@ def evaluate_segmentation(model: nn.Module, loader, num_classes: int,
             "class_iou": [round(float(v) * 100.0, 4) if s else None for v, s in zip(per_class, seen)]}
 
 
-def run_segmentation(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """``scenario=segmentation``: train DeepLabV3 on ``dataset`` and score mIoU on its test split."""
     out_dir = Path(cfg.paths.output_dir)
-    setup = prepare_dense(cfg, "segmentation")
+    loggers = make_loggers(cfg)
+    setup = prepare_dense(cfg, "segmentation", loggers)
     dm: DenseDataModule = setup.dm
     use_delta, train_body, n_deltas = setup.use_delta, setup.train_body, setup.n_deltas
     base, fingerprint = setup.base, setup.fingerprint
@@ -169,12 +170,11 @@ def run_segmentation(cfg: DictConfig) -> dict[str, Any]:
     module = SegmentationModule(model, instantiate(cfg.scenario.optimizer),
                                 instantiate(cfg.scenario.scheduler) if cfg.scenario.get("scheduler") else None)
 
-    loggers = make_loggers(cfg)
     # bilinear upsampling has no deterministic CUDA backward: warn there instead of failing
     deterministic = cfg.trainer.get("deterministic", False)
     if deterministic is True and run_device(cfg).type == "cuda":
         deterministic = "warn"
-    trainer = make_trainer(cfg, "segmentation", loggers, deterministic=deterministic)
+    trainer = make_trainer(cfg, "segmentation", loggers, deterministic=deterministic, limit_val_batches=0)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     seconds = time.perf_counter() - t0
@@ -189,7 +189,7 @@ def run_segmentation(cfg: DictConfig) -> dict[str, Any]:
     task = dm.name
     results = results_skeleton(cfg, dm.name)
     results.update(
-        n_deltas=n_deltas, train_seconds=seconds, base_model_unchanged=unchanged, tasks={task: scores["miou"]},
+        n_deltas=n_deltas or None, train_seconds=seconds, base_model_unchanged=unchanged, tasks={task: scores["miou"]},
         metric="miou", output_stride=stride, **scores,
         trained_parts=(["delta"] if use_delta else []) + (["body"] if train_body else [])
         + ["classifier"] + (["aux_classifier"] if aux else []),
