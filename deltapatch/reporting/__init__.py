@@ -5,7 +5,7 @@ which row, column and number a run gives; :mod:`.frame` turns values into mean �
 (pandas) rendered as Markdown, CSV and LaTeX; :mod:`.tables` and :mod:`.alpha` build the paper's
 table shapes; :mod:`.plots` draws the λ heatmaps, PAINT α curves and accuracy-vs-parameters plots;
 :mod:`.lambdas` computes the mean λ of a ∆-Network over a data set; :mod:`.claims` checks the
-paper's claims against the runs (:mod:`.paired` holds its statistics). ``deltapatch-report``
+paper's claims against the runs (:mod:`.verdicts` holds the pairing, test and rendering). ``deltapatch-report``
 (:mod:`deltapatch.report`), ``scripts/plots.py`` and ``scripts/claims.py`` are thin command lines
 around them.
 """
