@@ -85,20 +85,17 @@ def _clean(value: Any) -> Any:
 
 def paired_verdict(claim: str, rule: str, pairs: pd.DataFrame, a_name: str, b_name: str,
                    holds: Callable[[pd.DataFrame], bool], min_pairs: int = MIN_PAIRS, note: str = "") -> Verdict:
-    """The verdict of a paired claim "``a`` ≥ ``b``" (differences oriented so that the claim says
-    ``diff`` ≥ 0): NOT ENOUGH RUNS below ``min_pairs`` pairs, else PASS when ``holds(pairs)``."""
-    diffs = list(pairs["diff"]) if len(pairs) else []
-    numbers = {"a": a_name, "b": b_name, "n_pairs": len(diffs), "n_cells": int(pairs["cell"].nunique()) if len(pairs) else 0,
-               "a_stat": _stat(pairs["a"]) if len(pairs) else _stat([]), "b_stat": _stat(pairs["b"]) if len(pairs) else _stat([]),
-               "diff_stat": _stat(diffs), "positive": sum(d > 0 for d in diffs), "zero": sum(d == 0 for d in diffs),
+    """The verdict of a paired claim "``a`` ≥ ``b``" on :func:`pair`'s frame (differences oriented
+    so that the claim says ``diff`` ≥ 0): NOT ENOUGH RUNS below ``min_pairs`` pairs, else PASS
+    when ``holds(pairs)``."""
+    diffs = list(pairs["diff"])
+    numbers = {"a": a_name, "b": b_name, "n_pairs": len(diffs), "n_cells": int(pairs["cell"].nunique()),
+               "a_stat": _stat(pairs["a"]), "b_stat": _stat(pairs["b"]), "diff_stat": _stat(diffs),
+               "positive": sum(d > 0 for d in diffs), "zero": sum(d == 0 for d in diffs),
                "negative": sum(d < 0 for d in diffs), "test": "Wilcoxon signed-rank, one-sided (a > b)",
                "p": wilcoxon_greater(diffs)}
-    if len(diffs) < min_pairs:
-        verdict = NOT_ENOUGH
-    else:
-        verdict = PASS if holds(pairs) else FAIL
-    rows = pairs.to_dict("records") if len(pairs) else []
-    return Verdict(claim, verdict, rule, numbers, rows, note)
+    verdict = NOT_ENOUGH if len(diffs) < min_pairs else (PASS if holds(pairs) else FAIL)
+    return Verdict(claim, verdict, rule, numbers, pairs.to_dict("records"), note)
 
 
 def mean_diff_at_least_zero(pairs: pd.DataFrame) -> bool:

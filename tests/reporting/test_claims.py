@@ -53,8 +53,8 @@ def _synthetic(root: Path) -> Path:
                   "n_deltas": 4, "metric": "target_acc"}
         _write(root, f"zsda_{seed}", target_acc=acc, vanilla={"source_acc": 99.0, "target_acc": van},
                uniform_prior={"weight": 0.0, "t": 1.0}, adda=False, **common)
-        _write(root, f"zsda_prior_{seed}", target_acc=prior_van + 1.0, vanilla={"source_acc": 99.0, "target_acc": prior_van},
-               uniform_prior={"weight": 0.1, "t": 1.0}, **common)  # no adda key: false
+        _write(root, f"zsda_prior_{seed}", target_acc=prior_van + 1.0,  # no adda key: false
+               vanilla={"source_acc": 99.0, "target_acc": prior_van}, uniform_prior={"weight": 0.1, "t": 1.0}, **common)
     return root
 
 
