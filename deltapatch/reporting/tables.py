@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from .alpha import alpha_tables
 from .frame import Table, summarise
-from .labels import (RowKey, backbone_label, column_of, format_params, row_key, row_label, row_sort_key, slug)
+from .labels import RowKey, backbone_label, column_of, format_params, row_key, row_label, row_sort_key, slug
 from .runs import Run, groups
 from .values import metric_name, metric_value, number, trainable_params
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -152,12 +151,12 @@ def test_report_command_writes_markdown_csv_and_latex(runs_dir, tmp_path, capsys
     assert f"ResNet-18 & $\\Delta$-Networks (1) & {delta['# Params']} & {delta_tex} \\\\" in tex
     long = list(csv.DictReader(open(out / "runs.csv")))
     assert sorted(r["method"] for r in long) == ["delta", "delta", "paint"]
-    if entry == "module":
-        return
-    pngs = sorted((out / "plots").glob("*.png"))
-    assert {p.name for p in pngs} == {"report_test_single_params.png", "report_test_single_alpha_resnet18_digits.png"}
-    for p in pngs:
-        assert p.stat().st_size > 1000 and p.read_bytes()[:8] == PNG_MAGIC
+    if entry == "script":  # --plots
+        pngs = sorted((out / "plots").glob("*.png"))
+        assert {p.name for p in pngs} == {"report_test_single_params.png",
+                                          "report_test_single_alpha_resnet18_digits.png"}
+        for p in pngs:
+            assert p.stat().st_size > 1000 and p.read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.parametrize("entry", ["report", "plots"])
