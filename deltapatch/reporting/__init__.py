@@ -9,7 +9,17 @@ paper's claims against the runs (:mod:`.verdicts`: pairing, paired test, renderi
 ``deltapatch-report`` (:mod:`deltapatch.report`), ``scripts/plots.py`` and ``scripts/claims.py``
 are thin command lines around them.
 """
-from .runs import Run, load_runs
-from .tables import build_report, write_report
+from importlib import import_module
+from typing import Any
+
+# Imported on first use: the runner imports .lambdas, and should not pay for pandas with it.
+_EXPORTS = {"Run": "runs", "load_runs": "runs", "build_report": "tables", "write_report": "tables"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Run", "build_report", "load_runs", "write_report"]
