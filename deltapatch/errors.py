@@ -31,3 +31,7 @@ class InvariantError(DeltaPatchError):
 
 class ReportError(DeltaPatchError):
     """A finished run cannot be turned into what was asked (missing config, base or patch)."""
+
+
+class RunsError(DeltaPatchError):
+    """A folder of runs is missing or holds no usable results.json."""

@@ -35,16 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from deltapatch.cli import guarded
     from deltapatch.reporting.plots import make_plots
-    from deltapatch.reporting.tables import load_runs
+    from deltapatch.reporting.runs import runs_for_command
 
-    if not args.runs.is_dir():
-        print(f"error: {args.runs} is not a folder", file=sys.stderr)
-        return 2
-    runs = load_runs(args.runs)
-    if not runs:
-        print(f"error: no results.json under {args.runs}", file=sys.stderr)
-        return 1
+    runs = guarded(runs_for_command, args.runs)
     out = args.out or args.runs / "report" / "plots"
     paths = make_plots(runs, out, metric=args.metric, lambdas=args.lambdas, max_batches=args.max_batches)
     for p in paths:

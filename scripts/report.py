@@ -1,20 +1,11 @@
 #!/usr/bin/env python
-"""Tables shaped like the paper's from every results.json under a folder of runs.
+"""Tables shaped like the paper's from every results.json under a folder of runs: a thin wrapper
+around :func:`deltapatch.report.main` (installed as ``deltapatch-report``); see its docstring.
 
     .venv/bin/python scripts/report.py outputs/multirun/2026-01-01/12-00-00-000000
-    make report RUNS=outputs/multirun/...             # the same
-    .venv/bin/python scripts/report.py RUNS --metric task --plots
-
-Writes ``report.md`` (every table), one CSV per table and ``runs.csv`` (one row per run) into
-``--out`` (default ``RUNS/report``), and prints the Markdown. Per (experiment, scenario): the main
-table (rows backbone × method, columns datasets / task sets, harmonic mean or mean, mean ± std
-over seeds, trainable parameters), the per-task table (base and task accuracies, Table 10) and,
-where PAINT runs kept their α sweep, the α tables (Table 11). ``--plots`` also draws the figures
-(see scripts/plots.py).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,48 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, help="folder searched (recursively) for results.json")
-    p.add_argument("--out", type=Path, default=None, help="where to write tables (default: RUNS/report)")
-    p.add_argument("--metric", default="auto",
-                   help="cell value: auto (hmean for single/joint, mean for sequential, task accuracy for "
-                        "other scenarios and from-scratch runs), hmean, mean, task, base, or any results.json key")
-    p.add_argument("--experiment", action="append", default=None,
-                   help="only runs whose experiment_name is this (repeatable)")
-    p.add_argument("--no-per-task", action="store_true", help="skip the per-task (Table 10) tables")
-    p.add_argument("--no-alpha", action="store_true", help="skip the PAINT α (Table 11) tables")
-    p.add_argument("--plots", action="store_true", help="also write the figures into OUT/plots")
-    p.add_argument("--quiet", action="store_true", help="do not print the Markdown")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from deltapatch.reporting.tables import build_report, load_runs, write_report
-
-    if not args.runs.is_dir():
-        print(f"error: {args.runs} is not a folder", file=sys.stderr)
-        return 2
-    runs = load_runs(args.runs)
-    if args.experiment:
-        runs = [r for r in runs if r.experiment in args.experiment]
-    if not runs:
-        print(f"error: no results.json under {args.runs}", file=sys.stderr)
-        return 1
-    out = args.out or args.runs / "report"
-    report = build_report(runs, metric=args.metric, per_task=not args.no_per_task, alpha=not args.no_alpha)
-    written = write_report(report, out, metric=args.metric)
-    if args.plots:
-        from deltapatch.reporting.plots import make_plots
-
-        written.update({p.stem: p for p in make_plots(runs, out / "plots", metric=args.metric)})
-    if not args.quiet:
-        print(report.markdown())
-    print(f"{len(runs)} runs -> {len(written)} files in {out}", file=sys.stderr)
-    return 0
-
+from deltapatch.report import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .tables import (BACKBONE_ORDER, N_FREE_METHODS, Run, Stat, _final_sweep, _order, backbone_label, column_of,
-                     groups, method_label, metric_name, metric_value, row_key, row_label, row_sort_key, slug,
-                     trainable_params)
+import pandas as pd
+
+from .alpha import cells_by_backbone_and_column, final_sweep
+from .labels import backbone_label, column_of, method_label, row_key, row_label, row_sort_key, slug
+from .runs import Run, groups
+from .values import metric_name, metric_value, trainable_params
 
 log = logging.getLogger(__name__)
 
@@ -172,48 +174,45 @@ def _save(fig, path: str | Path) -> Path:
 # ------------------------------------------------------------------------------ from runs
 def params_points(runs: Sequence[Run], metric: str = "auto") -> list[dict[str, Any]]:
     """One point per (backbone, method row, column): mean score over seeds against parameters."""
-    stats: dict[tuple, Stat] = defaultdict(Stat)
-    params: dict[tuple, list[int]] = defaultdict(list)
-    for r in runs:
-        key = (*row_key(r), column_of(r))
-        stats[key].add(metric_value(r, metric))
-        p = trainable_params(r)
-        if p:
-            params[key].append(p)
+    obs = pd.DataFrame([{"key": row_key(r), "column": column_of(r), "value": metric_value(r, metric),
+                         "params": trainable_params(r)} for r in runs])
+    if obs.empty:
+        return []
+    obs["value"] = pd.to_numeric(obs["value"], errors="coerce")
+    obs["params"] = pd.to_numeric(obs["params"], errors="coerce").where(lambda p: p > 0)
+    cells = obs.groupby(["key", "column"], sort=False).agg(
+        value=("value", "mean"), std=("value", "std"), params=("params", "mean"))
     points = []
-    for key in sorted(stats, key=lambda k: (row_sort_key(k[:4]), k[4])):
-        backbone, col = key[0], key[4]
-        if stats[key].mean is None or not params[key]:
+    for (key, col), c in sorted(cells.iterrows(), key=lambda kv: (row_sort_key(kv[0][0]), kv[0][1])):
+        if pd.isna(c["value"]) or pd.isna(c["params"]):
             continue
-        points.append({"column": col, "method": row_label(key[:4]), "backbone": backbone_label(backbone),
-                       "params": sum(params[key]) / len(params[key]), "value": stats[key].mean,
-                       "std": stats[key].std})
+        points.append({"column": col, "method": row_label(key), "backbone": backbone_label(key.backbone),
+                       "params": float(c["params"]), "value": float(c["value"]),
+                       "std": None if pd.isna(c["std"]) else float(c["std"])})
     return points
 
 
 def alpha_curves(cell_runs: Sequence[Run]) -> dict[str, Any] | None:
-    """Seed-averaged PAINT α curves of one (backbone, column) and the ∆ flat lines."""
-    sweeps = [(r, s) for r in cell_runs if (s := _final_sweep(r)) is not None]
+    """Seed-averaged PAINT α curves of one (backbone, column) and the flat lines of its runs with
+    ∆-modules."""
+    sweeps = [s for r in cell_runs if (s := final_sweep(r)) is not None]
     if not sweeps:
         return None
-    selection = sweeps[0][1][1]
-    per_alpha: dict[float, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
-    chosen = set()
-    for r, (sweep, _) in sweeps:
-        for row in sweep:
-            for k, v in (row.get("test") or {}).items():
-                per_alpha[float(row["alpha"])][k].add(v)
-        last = [v for v in (r.results.get("extra") or {}).values() if (v or {}).get("alpha_sweep")][-1]
-        chosen.add(float(last["alpha"]))
-    alphas = sorted(per_alpha)
-    names = list(dict.fromkeys(k for a in alphas for k in per_alpha[a]))
-    curves = {k: [per_alpha[a][k].mean for a in alphas] for k in names}
-    flat: dict[str, Stat] = defaultdict(Stat)
-    for r in cell_runs:
-        if r.method != "paint" and r.method not in N_FREE_METHODS:
-            flat[row_label(row_key(r))].add(metric_value(r))
-    return {"alphas": alphas, "curves": curves, "selection": selection, "chosen": sorted(chosen),
-            "flat": {f"{k} ({selection})": s.mean for k, s in flat.items() if s.mean is not None}}
+    selection = sweeps[0][1]
+    obs = pd.DataFrame([{"alpha": float(row["alpha"]), "name": k, "value": v}
+                        for sweep, _, _ in sweeps for row in sweep for k, v in (row.get("test") or {}).items()])
+    obs["value"] = pd.to_numeric(obs["value"], errors="coerce")
+    table = obs.pivot_table(index="alpha", columns="name", values="value", aggfunc="mean", sort=True, dropna=False)
+    names = list(dict.fromkeys(obs["name"]))
+    alphas = [float(a) for a in table.index]
+    curves = {k: [None if pd.isna(v) else float(v) for v in table[k]] if k in table else [None] * len(alphas)
+              for k in names}
+    chosen = sorted({a for _, _, a in sweeps if a is not None})
+    flat = pd.DataFrame([{"label": row_label(row_key(r)), "value": metric_value(r)}
+                         for r in cell_runs if r.n_deltas is not None], columns=["label", "value"])
+    means = pd.to_numeric(flat["value"], errors="coerce").groupby(flat["label"], sort=False).mean().dropna()
+    return {"alphas": alphas, "curves": curves, "selection": selection, "chosen": chosen,
+            "flat": {f"{k} ({selection})": float(v) for k, v in means.items()}}
 
 
 def make_plots(runs: Sequence[Run], out_dir: str | Path, metric: str = "auto", lambdas: str = "results",
@@ -233,11 +232,7 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, metric: str = "auto", l
             written.append(plot_params_vs_accuracy(
                 pts, out / f"{slug(experiment, scenario)}_params.png",
                 title=f"{experiment} — {scenario}: {names} vs trainable parameters", ylabel=f"{names} (%)"))
-        by_cell: dict[tuple[str, str], list[Run]] = defaultdict(list)
-        for r in rs:
-            by_cell[(r.backbone, column_of(r))].append(r)
-        for (backbone, col), cell_runs in sorted(by_cell.items(),
-                                                 key=lambda kv: (_order(BACKBONE_ORDER, kv[0][0]), kv[0][1])):
+        for (backbone, col), cell_runs in cells_by_backbone_and_column(rs):
             data = alpha_curves(cell_runs)
             if data is None:
                 continue
@@ -257,7 +252,7 @@ def _lambda_plots(runs: Sequence[Run], out: Path, rebuild: bool, max_batches: in
     written = []
     for r in runs:
         lam = r.results.get("lambdas")
-        if not lam and rebuild and r.method not in N_FREE_METHODS:
+        if not lam and rebuild and r.n_deltas is not None:
             try:
                 lam = lambdas_from_run(r.path, max_batches=max_batches)
             except DeltaPatchError as e:  # e.g. finetune_delta: its patch needs its own changed backbone
@@ -265,11 +260,11 @@ def _lambda_plots(runs: Sequence[Run], out: Path, rebuild: bool, max_batches: in
                 continue
         for task, stages in (lam or {}).items():
             # the run folder's name (the job number in a sweep) keeps repeated configs apart
-            name = slug(r.experiment, r.scenario, r.backbone, r.method, f"n{r.results.get('n_deltas')}",
+            name = slug(r.experiment, r.scenario, r.backbone, r.method, f"n{r.n_deltas}",
                         column_of(r), task, f"s{r.seed}", r.path.name)
             written.append(plot_lambda_heatmap(
                 stages, out / "lambdas" / f"{name}.png",
-                title=f"mean λ — {backbone_label(r.backbone)}, {method_label(r.method, r.results.get('n_deltas'))}, "
+                title=f"mean λ — {backbone_label(r.backbone)}, {method_label(r.method, r.n_deltas)}, "
                       f"{column_of(r)} / {task} (seed {r.seed})"))
     return written
 
