@@ -122,7 +122,8 @@ def _print_table(s: dict) -> None:
             f"(base {s['base_params'] / 1e6:.1f}M); patch file {s['patch_bytes'] / 1e6:.2f} MB "
             f"for {s['num_classes']} classes")
     fc = s["feature_cache"]
-    c.print(f"feature cache: input of stage {fc['stage']} at {fc['image_size']} px is {'×'.join(map(str, fc['shape']))} "
+    shape = "×".join(map(str, fc["shape"]))
+    c.print(f"feature cache: input of stage {fc['stage']} at {fc['image_size']} px is {shape} "
             f"= {fc['bytes_per_image'] / 1e3:.1f} KB per image in {fc['dtype']}; "
             f"{_mb(fc['total_bytes'])} for {fc['num_images']:,} images")
     if "trainable_params" in s:

@@ -11,8 +11,14 @@ from .data_config import data_config  # also registers the dp.* OmegaConf resolv
 from .factory import PretrainedWeightsError, create_backbone
 from .names import available_backbones, backbone_families, config_name, parse_name
 
-for _module in pkgutil.iter_modules(__path__):  # register every adapter module of the package
-    importlib.import_module(f"{__name__}.{_module.name}")
+
+def import_adapter_modules() -> None:
+    """Import every module of this package, so each ``@register_adapter`` in them runs."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+import_adapter_modules()
 
 __all__ = ["BackboneAdapter", "PretrainedWeightsError", "Stage", "UnsupportedBackboneError", "available_backbones",
            "backbone_families", "config_name", "create_backbone", "data_config", "get_adapter", "parse_name",

@@ -28,7 +28,7 @@ KEYS = ("mean", "std", "input_size", "interpolation", "crop_pct")
 def data_config(name: str, source: str | None = None) -> dict:
     """``{"mean", "std", "input_size" [C, H, W], "interpolation", "crop_pct"}`` of the pretrained
     weights of backbone ``name`` (the default weights when no timm tag is given)."""
-    return dict(_data_config(*parse_name(name, source)))
+    return {k: list(v) if isinstance(v, list) else v for k, v in _data_config(*parse_name(name, source))}  # copies
 
 
 @lru_cache(maxsize=None)
@@ -41,8 +41,9 @@ def _data_config(source: str, arch: str, tag: str | None) -> tuple:
     else:
         try:
             t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-        except ValueError:  # a builder without weights: torchvision's ImageNet defaults
-            t = torchvision.transforms._presets.ImageClassification(crop_size=224)
+        except (ValueError, AttributeError):  # a builder without weights: ImageNet's usual numbers
+            return (("mean", list(timm.data.IMAGENET_DEFAULT_MEAN)), ("std", list(timm.data.IMAGENET_DEFAULT_STD)),
+                    ("input_size", [3, 224, 224]), ("interpolation", "bilinear"), ("crop_pct", 0.875))
         out = {"mean": list(t.mean), "std": list(t.std), "input_size": [3, t.crop_size[0], t.crop_size[0]],
                "interpolation": t.interpolation.value, "crop_pct": t.crop_size[0] / t.resize_size[0]}
     return tuple(out.items())

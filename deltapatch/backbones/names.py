@@ -120,8 +120,8 @@ def parse_name(name: str, source: str | None = None) -> tuple[str, str, str | No
 
 
 def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(str(name).rpartition("/")[2], sorted({n.split("/")[1] for n in available_backbones()}),
-                                      n=4, cutoff=0.75)
+    archs = sorted({n.split("/")[1] for n in available_backbones()})
+    close = difflib.get_close_matches(str(name).rpartition("/")[2], archs, n=4, cutoff=0.75)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return (f"unknown backbone '{name}'{hint}; known: every timm and torchvision model of a supported family, "
             f"e.g. {', '.join(_examples())} — {supported_families()}")

@@ -10,25 +10,9 @@ import torch
 from torch import nn
 
 from deltapatch import DeltaNetwork, create_backbone, load_patch, save_patch
+from backbones.variants import VARIANTS
 from helpers import state_hash
 
-# (name, small_input stem): deep stems, avg-pool shortcuts, SE/SK/split-attention blocks, GRN,
-# conv-MLP, overlapping and patchify stems, torchvision's ResNet and ResNeXt
-VARIANTS = [
-    ("timm/resnet10t", True),  # tiered deep stem, one block per stage, avg-pool shortcut
-    ("timm/resnet18", False),
-    ("timm/resnet26", True),  # deep stem, bottlenecks
-    ("timm/resnet50d", True),  # deep stem + avg-pool downsample in the first block's shortcut
-    ("timm/seresnet18", False),  # SE inside the block
-    ("timm/seresnext26d_32x4d", True),
-    ("timm/skresnet18", False),  # selective-kernel blocks: no plain conv1/conv2 to read widths from
-    ("timm/resnest14d", True),  # split-attention blocks
-    ("timm/convnext_atto", True),  # conv-MLP blocks, patchify stem, stage 0 downsample is Identity
-    ("timm/convnext_atto_ols", False),  # overlapping 3x3 stem
-    ("timm/convnextv2_atto", True),  # GRN
-    ("tv/resnet18", True),
-    ("tv/resnext50_32x4d", False),  # grouped bottlenecks (wide_resnet50_2 is the same code, 3x the weights)
-]
 N_DELTAS = 4  # patch every stage: every stage's ∆-module is built and checked
 
 
@@ -45,8 +29,10 @@ def observed_stages(model: nn.Module, x: torch.Tensor) -> list[dict]:
     for blocks in block_lists(model):
         rec = {"k": len(blocks)}
         seen.append(rec)
-        handles.append(blocks[0].register_forward_pre_hook(lambda m, inp, rec=rec: rec.__setitem__("c_in", inp[0].shape[1])))
-        handles.append(blocks[-1].register_forward_hook(lambda m, inp, out, rec=rec: rec.__setitem__("c_out", out.shape[1])))
+        handles += [
+            blocks[0].register_forward_pre_hook(lambda m, inp, rec=rec: rec.__setitem__("c_in", inp[0].shape[1])),
+            blocks[-1].register_forward_hook(lambda m, inp, out, rec=rec: rec.__setitem__("c_out", out.shape[1])),
+        ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -127,3 +113,35 @@ def test_zero_drop_and_patch_roundtrip(variant, tmp_path):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x, task="a"), logits)
+
+
+def test_patched_path_follows_the_recurrence(variant):
+    """All skips at weight 1, no BN: the task's logits equal DESIGN.md's recurrence written out here
+    from the library's own modules, h̃_j = B_j(h̃_{j-1}) + Σ_{i<j} P_ij(h̃_i), with P_0j the first
+    block's frozen ``downsample`` (ResNet; avg-pool + conv in the ``d`` variants) or the identity."""
+    model, x = variant
+    net = DeltaNetwork(model, n_deltas=N_DELTAS, gate="constant", bn_placement="none")
+    patch = net.add_task("a", 3).eval()
+    stem_out = {}
+    hook = block_lists(model)[0][0].register_forward_pre_hook(lambda m, inp: stem_out.__setitem__("h", inp[0]))
+    with torch.no_grad():
+        model(x)
+        hook.remove()
+        h = stem_out["h"]  # ConvNeXt: stage 0's downsample is an Identity, so this is also its input
+        convnext = not hasattr(model, "layer1")
+        for i, blocks in enumerate(block_lists(model)):
+            if convnext:
+                h = model.stages[i].downsample(h)
+            shortcut = None if convnext else blocks[0].downsample
+            nodes = [shortcut(h) if shortcut is not None else h]
+            for block in blocks:
+                h = block(h) + sum(nodes[1:], nodes[0])
+                nodes.append(h)
+        if convnext:
+            feats = model.forward_head(model.norm_pre(h), pre_logits=True)
+        elif hasattr(model, "forward_head"):  # timm ResNet
+            feats = model.forward_head(h, pre_logits=True)
+        else:
+            feats = torch.flatten(model.avgpool(h), 1)
+        want = patch.head(feats)
+        assert torch.allclose(net(x, task="a"), want, rtol=1e-4, atol=1e-4)
