@@ -30,8 +30,8 @@ def create_backbone(
     **kwargs,
 ) -> nn.Module:
     """Build a plain classifier by name: any ResNet/ConvNeXt of timm or torchvision (see
-    :func:`~deltapatch.backbones.names.parse_name` for the spellings; ``source`` picks the library
-    of a name without a ``timm/``/``torchvision/`` prefix).
+    :func:`~deltapatch.backbones.names.parse_name` for the spellings; ``source`` is the library
+    tried first for a name without a ``timm/``/``torchvision/`` prefix).
 
     ``pretrained``: ``False`` (random init), ``True`` (hub weights from the local torchvision/timm
     cache; fetched only when ``download=True``), or a path to a local checkpoint (safetensors or a

@@ -85,38 +85,44 @@ def default_source(arch: str) -> str | None:
 
 def parse_name(name: str, source: str | None = None) -> tuple[str, str, str | None]:
     """``name`` -> (library, architecture, timm weights tag or None), checked to exist and to be
-    of a supported family. ``source`` is the library for a name without a ``library/`` prefix
-    (None: :func:`default_source`); a prefix in the name wins."""
+    of a supported family. A ``library/`` prefix in the name decides; otherwise ``source`` is the
+    library tried first (the other one when it lacks a supported ``arch``), and without it
+    :func:`default_source` decides."""
     prefix, _, rest = str(name).rpartition("/")
-    if prefix:
-        source = ALIASES.get(prefix, prefix)
-        if source not in SOURCES:
-            raise ConfigError(f"unknown backbone library '{prefix}' in '{name}'; use timm/ or torchvision/")
-    elif source is not None:
-        source = ALIASES.get(source, source)
-        if source not in SOURCES:
-            raise ConfigError(f"backbone source must be one of {', '.join(SOURCES)}, got '{source}'")
     arch, _, tag = rest.partition(".")
-    if tag and source is None:
-        source = "timm"  # only timm spells weights as "arch.tag"
-    if tag and source == "torchvision":
-        raise ConfigError(f"'{name}': torchvision names have no '.tag' (torchvision picks its default weights)")
-    source = source or default_source(arch)
-    if source is None:
-        raise ConfigError(_unknown(name))
-    if not exists(source, arch):
-        other = next((s for s in SOURCES if s != source and exists(s, arch)), None)
-        hint = f"; {other} has it: {other}/{arch}" if other else ""
-        raise ConfigError(f"{source} has no model '{arch}'{hint}" if other else _unknown(name))
-    if is_supported(source, arch) is False:
-        cls = builder_class(source, arch)
-        other = next((s for s in SOURCES if s != source and exists(s, arch) and is_supported(s, arch)), None)
+    if prefix:
+        candidates = [_library(prefix, name)]
+        if tag and candidates[0] == "torchvision":
+            raise ConfigError(f"'{name}': torchvision names have no '.tag' (torchvision picks its default weights)")
+    elif tag:
+        candidates = ["timm"]  # only timm spells weights as "arch.tag"
+    elif source is not None:
+        first = _library(source, name)
+        candidates = [first, *(s for s in SOURCES if s != first)]
+    else:
+        candidates = [s for s in [default_source(arch)] if s is not None]
+    have = [s for s in candidates if exists(s, arch)]
+    if not have:
+        other = next((s for s in SOURCES if s not in candidates and exists(s, arch)), None)
+        raise ConfigError(f"{candidates[0]} has no model '{arch}'; {other} has it: {other}/{arch}" if other
+                          else _unknown(name))
+    chosen = next((s for s in have if is_supported(s, arch) is not False), have[0])
+    if is_supported(chosen, arch) is False:
+        cls = builder_class(chosen, arch)
+        other = next((s for s in SOURCES if s != chosen and exists(s, arch) and is_supported(s, arch)), None)
         hint = f"; use {other}/{arch}" if other else ""
         raise UnsupportedBackboneError(
             f"backbone '{name}' is a {cls.__module__}.{cls.__name__}, which deltapatch cannot patch{hint}; "
             f"supported: {supported_families()}"
         )
-    return source, arch, tag or None
+    return chosen, arch, tag or None
+
+
+def _library(spelling: str, name: str) -> str:
+    library = ALIASES.get(spelling, spelling)
+    if library not in SOURCES:
+        raise ConfigError(f"unknown backbone library '{spelling}' for '{name}'; use timm or torchvision")
+    return library
 
 
 def _unknown(name: str) -> str:

@@ -44,6 +44,7 @@ def test_existing_configs_keep_their_names(make_cfg, yaml):
     (["backbone=torchvision", "backbone.model.name=resnext101_64x4d"], "resnext101_64x4d"),
     (["backbone=resnet18", "backbone.model.small_input=true"], "resnet18_small_input"),
     (["backbone=resnet18", "backbone.model.name=timm/convnext_nano"], "convnext_nano"),  # name follows the model
+    (["backbone=resnet18", "backbone.model.name=convnext_atto"], "convnext_atto"),  # torchvision has none: timm's
 ])
 def test_generic_configs_derive_their_name(make_cfg, overrides, name):
     assert make_cfg(*overrides).backbone.name == name
@@ -71,6 +72,8 @@ def test_default_library_of_unprefixed_names():
     assert parse_name("resnet18")[0] == "torchvision"  # the paper's official PyTorch ResNets
     assert parse_name("convnext_tiny")[0] == "timm"  # torchvision's ConvNeXt class has no adapter
     assert parse_name("resnet50d")[0] == "timm"
+    assert parse_name("resnet18", "timm")[0] == "timm"  # a config's source is tried first...
+    assert parse_name("convnext_atto", "torchvision")[0] == "timm"  # ...and the other library otherwise
     assert parse_name("tv/resnet18") == ("torchvision", "resnet18", None)
     assert parse_name("resnet50.a1_in1k") == ("timm", "resnet50", "a1_in1k")
 
