@@ -11,53 +11,12 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError
-
-# architecture -> default source. ResNets come from torchvision (the paper uses "official PyTorch"
-# weights); ConvNeXt from timm (its stages match DESIGN.md's reading).
-BACKBONES: dict[str, str] = {
-    "resnet18": "torchvision",
-    "resnet34": "torchvision",
-    "resnet50": "torchvision",
-    "resnet101": "torchvision",
-    "resnext50_32x4d": "torchvision",
-    "wide_resnet50_2": "torchvision",
-    "convnext_tiny": "timm",
-    "convnext_small": "timm",
-    "convnext_base": "timm",
-    "convnext_large": "timm",
-}
-SOURCES = ("torchvision", "timm")
+from .base import get_adapter
+from .names import SMALL_INPUT_SUFFIX, parse_name
 
 
 class PretrainedWeightsError(ConfigError):
     """Pretrained weights were asked for but are not available offline."""
-
-
-def available_backbones() -> list[str]:
-    return sorted(BACKBONES)
-
-
-def parse_name(name: str) -> tuple[str, str, str | None]:
-    """``"resnet18"``, ``"torchvision/resnet18"``, ``"timm/resnet18"``, ``"resnet18.tv_in1k"``
-    -> (source, architecture, timm pretrained tag or None)."""
-    source = None
-    if "/" in name:
-        source, name = name.split("/", 1)
-        if source == "tv":
-            source = "torchvision"
-    arch, _, tag = name.partition(".")
-    if tag:  # only timm spells weights as "arch.tag"
-        source = source or "timm"
-    if arch not in BACKBONES or (source is not None and source not in SOURCES):
-        raise ConfigError(
-            f"unknown backbone '{name if source is None else source + '/' + name}'; "
-            f"known: {', '.join(available_backbones())} "
-            f"(prefix with torchvision/ or timm/ to pick the implementation)"
-        )
-    source = source or BACKBONES[arch]
-    if source == "torchvision" and not hasattr(torchvision.models, arch):
-        raise ConfigError(f"torchvision has no '{arch}'; use timm/{arch}")
-    return source, arch, tag or None
 
 
 def create_backbone(
@@ -65,32 +24,46 @@ def create_backbone(
     num_classes: int = 1000,
     pretrained: bool | str = False,
     download: bool = False,
+    *,
+    small_input: bool = False,
+    source: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a plain classifier by name.
+    """Build a plain classifier by name: any ResNet/ConvNeXt of timm or torchvision (see
+    :func:`~deltapatch.backbones.names.parse_name` for the spellings; ``source`` is the library
+    tried first for a name without a ``timm/``/``torchvision/`` prefix).
 
     ``pretrained``: ``False`` (random init), ``True`` (hub weights from the local torchvision/timm
     cache; fetched only when ``download=True``), or a path to a local checkpoint (safetensors or a
     ``torch.save``'d state dict, read with ``weights_only=True``). Missing weights fail at once.
     When the pretrained head has another class count, a fresh head of ``num_classes`` replaces it.
+    ``small_input=True`` swaps the stem for 32-px images (the family adapter's ``use_small_input``);
+    hub weights do not fit that stem, a checkpoint made with it does.
     """
-    source, arch, tag = parse_name(name)
+    src, arch, tag = parse_name(name, source)
     hub = pretrained is True
+    if small_input and hub:
+        raise ConfigError(f"small_input=true replaces the stem of {src}/{arch}, so its pretrained hub weights "
+                          f"do not fit; use pretrained=false or a checkpoint made with small_input")
     n_hub = 1000 if hub else num_classes
-    if source == "torchvision":
+    if src == "torchvision":
         model = _torchvision(arch, n_hub, hub, download, **kwargs)
     else:
         model = _timm(arch, tag, n_hub, hub, download, **kwargs)
+    adapter = get_adapter(model)  # an unannotated builder of another family is refused here
+    if small_input:
+        adapter.use_small_input()
     if isinstance(pretrained, (str, os.PathLike)):
         load_state_dict_file(model, pretrained)
     if hub and num_classes != 1000:
         _reset_head(model, num_classes)
-    model.deltapatch_name = f"{source}/{arch}" + (f".{tag}" if tag else "")
+    # patch files record this name: a patch for one stem is refused on the other
+    model.deltapatch_name = f"{src}/{arch}" + (f".{tag}" if tag else "") + (SMALL_INPUT_SUFFIX if small_input else "")
     return model
 
 
 def _torchvision(arch: str, num_classes: int, hub: bool, download: bool, **kwargs) -> nn.Module:
-    builder = getattr(torchvision.models, arch)
+    builder = torchvision.models.get_model_builder(arch)
     if not hub:
         return builder(weights=None, num_classes=num_classes, **kwargs)
     weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -135,7 +108,11 @@ def load_state_dict_file(model: nn.Module, path: str | os.PathLike) -> None:
     from ..checkpoint import read_state_dict
 
     state = read_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ: e.g. a checkpoint of the other stem (small_input)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(f"checkpoint {path} does not fit this backbone: {lines[min(1, len(lines) - 1)]}") from None
     if missing or unexpected:
         raise ConfigError(
             f"checkpoint {path} does not fit this backbone: {len(missing)} missing keys "
