@@ -1,5 +1,6 @@
-"""``python -m deltapatch.summary backbone=resnet50 n_deltas=4 [--json]``: skips, ∆-module sizes,
-patch size, and the trainable parameters of every method, for one backbone."""
+"""``deltapatch-summary`` / ``python -m deltapatch.summary backbone=resnet50 n_deltas=4 [--json]``:
+skips, ∆-module sizes, patch size, and the trainable parameters of every method, for one backbone.
+A Hydra app on ``conf/summary.yaml`` (Hydra's own flags work); ``--json`` is ``json=true``."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .cli import guarded, quote_numeric_groups
+from .cli import CONF_DIR, call_with_argv, guarded, hydra_app
 from .delta import DeltaNetwork
 from .patch import save_patch
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def summarize(cfg: DictConfig) -> dict:
@@ -89,17 +87,21 @@ def _print_table(s: dict) -> None:
         c.print(m)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in args
-    overrides = quote_numeric_groups([a for a in args if a != "--json"])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("summary", overrides=overrides)
+@hydra_app("summary")
+def _summary(cfg: DictConfig) -> None:
     s = guarded(summarize, cfg)
-    if as_json or cfg.get("json", False):
-        print(json.dumps({k: v for k, v in s.items() if k != "stages"} | {"stages": s["stages"]}))
+    if cfg.get("json", False):
+        print(json.dumps({k: v for k, v in s.items() if k != "stages"} | {"stages": s["stages"]}), flush=True)
     else:
         _print_table(s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``deltapatch-summary``; ``argv`` defaults to the command line. ``--json``
+    (not a Hydra flag) is turned into the override ``json=true``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # in place: argparse takes overrides in one run, so `a=1 --json --cfg job` -> `a=1 json=true --cfg job`
+    call_with_argv(_summary, ["json=true" if a == "--json" else a for a in args])
 
 
 if __name__ == "__main__":

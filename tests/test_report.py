@@ -14,7 +14,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from deltapatch.cli import quote_numeric_groups
 from deltapatch.experiment import run
 from deltapatch.reporting.tables import Stat, build_report, load_runs, method_label, metric_name, write_report
 
@@ -25,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _compose(*overrides: str, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=quote_numeric_groups(list(overrides)),
+        return compose("config", overrides=list(overrides),
                        return_hydra_config=return_hydra_config)
 
 
@@ -292,7 +291,7 @@ def _check_preset(preset: str, fixed: list[str]) -> None:
                 missing = [v for v in vals if not (CONF / key / f"{v}.yaml").is_file()]
                 assert not missing, f"{preset}: {key} has no option {missing}"
     for overrides in variants:
-        job = compose("config", overrides=quote_numeric_groups([*fixed, *overrides]))
+        job = compose("config", overrides=[*fixed, *overrides])
         OmegaConf.resolve(job)  # every interpolation resolves (no ${num_workers} left dangling)
         get_object(job.method.module._target_)
         get_object(job.dataset._target_)
