@@ -26,6 +26,8 @@ from helpers import CHEAP_RUN, ROOT, cli, run_main
 ENTRIES = {"train": "config", "evaluate": "evaluate", "summary": "summary"}
 # a key only the composed job config of each command has
 JOB_KEY = {"train": "method", "evaluate": "patch", "summary": "num_classes"}
+
+
 # ---------------------------------------------------------------- Hydra's own flags
 def _yaml(text: str) -> dict:
     return yaml.safe_load(text) or {}
@@ -107,7 +109,6 @@ def test_train_multirun_over_n_deltas(tmp_path, base_cache):
     assert p.returncode == 0, p.stderr[-3000:]
     found = sorted(json.loads(f.read_text())["n_deltas"] for f in sweep.glob("*/results.json"))
     assert found == [1, 2]
-
 
 
 # ---------------------------------------------------------------- errors: Hydra's own, and ours
