@@ -1,20 +1,25 @@
-"""Entry-point plumbing: user-fixable errors become one clear line and a non-zero exit, and the
-command line is checked before Hydra starts writing a run dir."""
+"""Entry-point plumbing shared by ``deltapatch.train``, ``deltapatch.evaluate`` and
+``deltapatch.summary``: where the configs live, the Hydra app decorator, user-fixable errors as one
+clear line and a non-zero exit, and the one check Hydra cannot make itself (a writable run dir)."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, DeltaPatchError, ResourceError
 
 EXIT_USER_ERROR = 2
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-# Config groups whose options are numbers: Hydra parses `n_deltas=2` as an int and refuses it as
-# a group choice, so entry points quote such values before Hydra sees them.
-NUMERIC_GROUPS = ("n_deltas",)
+# The configs: `conf/` at the top of the repository, reached through the `deltapatch/conf` symlink;
+# in an installed wheel `deltapatch/conf` is a real folder (setuptools copies what the link points to).
+CONF_DIR = (Path(__file__).resolve().parent / "conf").resolve()
 
 
 def user_error(exc: BaseException) -> DeltaPatchError | None:
@@ -51,46 +56,63 @@ def guarded(fn: Callable[..., Any], *args, **kwargs) -> Any:
         fail(str(err))
 
 
-def quote_numeric_groups(args: list[str]) -> list[str]:
-    """``n_deltas=2`` -> ``n_deltas='2'``; ``n_deltas=1,2,4`` -> ``n_deltas='1','2','4'``."""
-    out = []
-    for a in args:
-        key, eq, value = a.partition("=")
-        if eq and key.lstrip("+~") in NUMERIC_GROUPS and all(v.strip().isdigit() for v in value.split(",")):
-            a = f"{key}=" + ",".join(f"'{v.strip()}'" for v in value.split(","))
-        out.append(a)
-    return out
+# ------------------------------------------------------------------ numeric config-group options
+def allow_numeric_group_choices() -> None:
+    """Let ``n_deltas=4`` (and ``-m n_deltas=1,2,4``) pick ``conf/n_deltas/4.yaml``.
+
+    Hydra 1.3 parses ``4`` as an int, and its defaults-list builder refuses any group choice that
+    is not a string ("Config group override must be a string or a list. Got int"); upstream's answer
+    is to quote the value (``n_deltas='4'``). Here a number given to a config group is read as the
+    option of that name instead, before Hydra checks it. Every process that composes configs needs
+    it, so it is applied when this module is imported (each entry point, the test fixtures, and a
+    SLURM job, which unpickles its task function and with it this module). Idempotent.
+    """
+    from hydra._internal import defaults_list
+
+    overrides_cls = defaults_list.Overrides
+    if getattr(overrides_cls, "_deltapatch_numeric_choices", False):
+        return
+    original_init = overrides_cls.__init__
+
+    def __init__(self, repo, overrides_list):  # noqa: N807 - wraps Overrides.__init__
+        for o in overrides_list:
+            value = getattr(o, "_value", None)
+            if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and not o.is_sweep_override() and repo.group_exists(o.key_or_group)):
+                o._value = str(value)
+        original_init(self, repo, overrides_list)
+
+    overrides_cls.__init__ = __init__
+    overrides_cls._deltapatch_numeric_choices = True
 
 
-def group_options(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+allow_numeric_group_choices()
 
 
-def check_group_choices(args: list[str]) -> None:
-    """Unknown option of a config group (``backbone=resnet19``) -> ConfigError listing the valid ones."""
-    for a in args:
-        key, eq, value = a.partition("=")
-        group = key.lstrip("+~")
-        if not eq or "@" in group or not (CONF_DIR / group).is_dir() or group.split("/")[0] == "hydra":
-            continue
-        if value.startswith(("choice(", "range(", "glob(", "[")) or value in ("null", ""):
-            continue
-        for v in value.split(","):
-            v = v.strip().strip("'\"")
-            if not (CONF_DIR / group / f"{v}.yaml").is_file():
-                opts = group_options(group)
-                hint = ""
-                if group == "n_deltas":
-                    hint = " (∆-modules on the last n stages; most backbones have 4)"
-                raise ConfigError(f"unknown {group} '{v}'; choose one of: {', '.join(opts)}{hint}")
+# ------------------------------------------------------------------ the Hydra app
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``@hydra.main`` for a deltapatch command: configs from :data:`CONF_DIR`, so Hydra's own flags
+    (``--help``, ``--hydra-help``, ``--cfg job|hydra|all``, ``--info``, ``-m``, ``--resolve``) work
+    the same from a checkout and from an installed wheel."""
+    return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
 
 
+def call_with_argv(app: Callable[[], Any], argv: list[str] | None) -> Any:
+    """Run a Hydra app on ``argv`` (default: the process's own command line)."""
+    if argv is None:
+        return app()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "deltapatch", *argv]
+    try:
+        return app()
+    finally:
+        sys.argv = saved
+
+
+# ------------------------------------------------------------------ what Hydra cannot check
 def check_writable(path: str | os.PathLike) -> None:
     """Creating ``path`` and a file in it must work (tried for real: root ignores mode bits), or
     nothing can be saved. What the check creates is removed again."""
-    import tempfile
-
     p = Path(path).absolute()
     top = p
     while not top.parent.exists() and top.parent != top:
@@ -104,36 +126,29 @@ def check_writable(path: str | os.PathLike) -> None:
                           f"set hydra.run.dir=/a/writable/dir (or paths.root_dir)") from None
     finally:
         if created and top.exists():
-            import shutil
-
             shutil.rmtree(top, ignore_errors=True)
 
 
-def preflight(args: list[str], config_name: str = "config") -> list[str]:
-    """Check a command line before Hydra runs it; return the args Hydra should get.
+class OutputDirCheck(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): refuse an unwritable run or sweep dir with one
+    line before Hydra creates it (Hydra itself would fail with a traceback halfway in)."""
 
-    Catches unknown group options, composition errors (typos in keys) and an unwritable run dir
-    with one clear line, before any run dir is created.
-    """
-    args = quote_numeric_groups(args)
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        check_group_choices(overrides)
-        if "-m" in args or "--multirun" in args:
-            return args
-        from hydra import compose, initialize_config_dir
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
+    def _check(self, config: DictConfig, key: str) -> None:
         try:
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-        except (HydraException, OmegaConfBaseException) as e:
-            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-            raise ConfigError(" ".join(lines)[:400]) from None
-        check_writable(cfg.hydra.run.dir)
-    except DeltaPatchError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        fail(str(e))
-    return args
+            path = OmegaConf.select(config, key, throw_on_resolution_failure=True)
+        except Exception:  # an interpolation that needs the running job: Hydra reports it
+            return
+        if path is None:
+            return
+        try:
+            check_writable(path)
+        except ConfigError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            fail(str(e).replace("hydra.run.dir", key))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")

@@ -1,21 +1,26 @@
-"""``python -m deltapatch.evaluate patch=FILE [overrides]``: put a patch file on its base model and
-score the base task and the patched task. Prints one JSON line."""
+"""``deltapatch-evaluate`` / ``python -m deltapatch.evaluate patch=FILE [overrides]``: put a patch
+file on its base model and score the base task and the patched task. Prints one JSON line.
+
+The patch's metadata is read before anything else: a patch made for another backbone, or for a
+base model other than the one the config points at, is refused at once (nothing is trained or
+loaded)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from hydra import compose, initialize_config_dir
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, guarded, preflight
+from .cli import call_with_argv, guarded, hydra_app
 from .delta import DeltaNetwork
 from .errors import ConfigError, PatchError
 from .methods.base import Method
-from .patch import load_patch
+from .patch import base_fingerprint, load_patch, read_patch_metadata
 from .scenarios.common import build_tasks
-from .training.base_model import obtain_base
+from .training.base_model import base_cache_path, obtain_base
 from .training.evaluation import EvalSet, LightningScorer
 from .training.trainer import eval_trainer
 
@@ -31,9 +36,55 @@ class _Patched(Method):
         return self.net(x, task=task)
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def backbone_id(cfg: DictConfig) -> str:
+    """The backbone name a patch records (``torchvision/resnet18``) for ``cfg.backbone``, from a
+    weightless copy on the meta device (no memory, no weights, no download)."""
+    with torch.device("meta"):
+        model = instantiate(cfg.backbone.model, pretrained=False, num_classes=2)
+    return getattr(model, "deltapatch_name", type(model).__name__)
+
+
+def _file_fingerprint(path: Path) -> str:
+    """:func:`base_fingerprint` of the model a safetensors file holds, without building the model
+    (the fingerprint is a hash over the state dict, which the file is)."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise PatchError(f"cached base model {path} is unreadable ({str(e).splitlines()[0][:120]}); "
+                         f"delete it and train the base again") from None
+    return base_fingerprint(SimpleNamespace(state_dict=lambda: tensors))
+
+
+def check_patch_fits(cfg: DictConfig) -> dict[str, str]:
+    """The patch's metadata, once it is known to fit the configured backbone and (``base=train``)
+    the cached base model. Raises :class:`PatchError` with one line otherwise."""
     if OmegaConf.is_missing(cfg, "patch"):
-        raise ConfigError("no patch given: python -m deltapatch.evaluate patch=path/to/task.patch.safetensors")
+        raise ConfigError("no patch given: deltapatch-evaluate patch=path/to/task.patch.safetensors")
+    path = Path(cfg.patch)
+    meta = read_patch_metadata(path)
+    built = backbone_id(cfg)
+    if meta.get("backbone") != built:
+        made_with = (json.loads(meta.get("config") or "{}").get("backbone") or {}).get("name")
+        hint = f"; evaluate it with backbone={made_with}" if made_with else ""
+        raise PatchError(f"patch {path} was made for backbone '{meta.get('backbone')}', but "
+                         f"backbone={cfg.backbone.name} builds '{built}'{hint}")
+    if cfg.base.source == "train":
+        base = base_cache_path(cfg)
+        if not base.is_file():
+            raise PatchError(f"no cached base model at {base} for this config: pass the backbone/base/dataset "
+                             f"overrides and paths.cache_dir of the run that made {path.name}")
+        if _file_fingerprint(base) != meta.get("base_fingerprint"):
+            raise PatchError(f"patch {path} was made for another base model than {base} "
+                             f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}…); pass the "
+                             f"backbone/base/dataset overrides of the run that made it")
+    return meta
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.patch`` on its base model: the patch's task and the base task (test splits)."""
+    check_patch_fits(cfg)
     base = obtain_base(cfg)
     net = DeltaNetwork(base.model)
     name = load_patch(net, Path(cfg.patch))
@@ -57,11 +108,17 @@ def evaluate(cfg: DictConfig) -> dict:
             "base_acc": scores.get("base"), "task_acc": scores["task"]}
 
 
+@hydra_app("evaluate")
+def _evaluate(cfg: DictConfig) -> None:
+    from .console import setup_console
+
+    setup_console()  # after the imports above: Lightning adds its own log handlers when imported
+    print(json.dumps(guarded(evaluate, cfg)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = preflight(list(sys.argv[1:] if argv is None else argv), config_name="evaluate")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=args)
-    print(json.dumps(guarded(evaluate, cfg)))
+    """Console script ``deltapatch-evaluate``; ``argv`` defaults to the command line."""
+    call_with_argv(_evaluate, argv)
 
 
 if __name__ == "__main__":

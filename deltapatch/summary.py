@@ -1,6 +1,8 @@
-"""``python -m deltapatch.summary backbone=resnet50 n_deltas=4 [--json]``: skips, ∆-module sizes,
-patch size, the feature cache a run would need, and the trainable parameters of every method,
-for one backbone (any of ``conf/backbone`` or ``backbone=timm backbone.model.name=<any>``)."""
+"""``deltapatch-summary`` / ``python -m deltapatch.summary backbone=resnet50 n_deltas=4 [--json]``:
+skips, ∆-module sizes, patch size, the feature cache a run would need, and the trainable parameters
+of every method, for one backbone (any of ``conf/backbone`` or ``backbone=timm
+backbone.model.name=<any>``). A Hydra app on ``conf/summary.yaml`` (Hydra's own flags work);
+``--json`` is ``json=true``."""
 from __future__ import annotations
 
 import copy
@@ -10,15 +12,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .cli import group_options, guarded, quote_numeric_groups, user_error
+from .cli import CONF_DIR, call_with_argv, guarded, hydra_app, user_error
 from .delta import DeltaNetwork
 from .patch import save_patch
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CACHE_DTYPE = torch.float16  # what the feature cache estimate assumes on disk
 
 
@@ -69,9 +69,12 @@ def feature_cache_estimate(net: DeltaNetwork, stage: int, image_size: int, num_i
 def compose_methods(overrides: list[str]) -> dict[str, DictConfig]:
     """Every ``conf/method`` option composed through Hydra (so a method's ``defaults:`` list is
     applied), with the command line's overrides except those of the method itself.
-    Call inside ``initialize_config_dir``."""
-    rest = [o for o in overrides if not o.lstrip("+~").startswith("method")]
-    return {name: compose("summary", overrides=[*rest, f"method={name}"]).method for name in group_options("method")}
+    Called inside the Hydra app (Hydra's compose API is initialised there)."""
+    from hydra import compose
+
+    rest = [o for o in overrides if not o.lstrip("+~").startswith("method") and o.lstrip("+~") not in ("json=true",)]
+    names = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+    return {name: compose("summary", overrides=[*rest, f"method={name}"]).method for name in names}
 
 
 def method_params(cfg: DictConfig, methods: dict[str, DictConfig]) -> tuple[dict[str, int | None], dict[str, str]]:
@@ -135,18 +138,24 @@ def _print_table(s: dict) -> None:
         c.print(m)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in args
-    overrides = quote_numeric_groups([a for a in args if a != "--json"])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("summary", overrides=overrides)
-        methods = guarded(compose_methods, overrides) if cfg.methods else None
-        s = guarded(summarize, cfg, methods)
-    if as_json or cfg.get("json", False):
-        print(json.dumps(s))
+@hydra_app("summary")
+def _summary(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    methods = guarded(compose_methods, list(HydraConfig.get().overrides.task)) if cfg.methods else None
+    s = guarded(summarize, cfg, methods)
+    if cfg.get("json", False):
+        print(json.dumps(s), flush=True)
     else:
         _print_table(s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``deltapatch-summary``; ``argv`` defaults to the command line. ``--json``
+    (not a Hydra flag) is turned into the override ``json=true``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # in place: argparse takes overrides in one run, so `a=1 --json --cfg job` -> `a=1 json=true --cfg job`
+    call_with_argv(_summary, ["json=true" if a == "--json" else a for a in args])
 
 
 if __name__ == "__main__":

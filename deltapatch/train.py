@@ -1,31 +1,31 @@
-"""Entry point: ``python -m deltapatch.train [group=option ...]`` (``-m`` for multirun).
+"""``deltapatch-train`` / ``python -m deltapatch.train [group=option ...]`` (``-m`` for multirun).
 
-Configuration lives in ``conf/``; see README. Errors a user can fix are printed as one line
-(set ``HYDRA_FULL_ERROR=1`` for the traceback) with a non-zero exit.
+A Hydra app on ``conf/config.yaml``: Hydra's own flags (``--help``, ``--cfg job``, ``--info``, ...)
+work as in any Hydra app. Errors a user can fix are printed as one line (set ``HYDRA_FULL_ERROR=1``
+for the traceback) with exit code 2. Each run ends with a one-screen summary.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from .cli import call_with_argv, guarded, hydra_app
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    from .cli import guarded
+@hydra_app("config")
+def _train(cfg: DictConfig) -> float | None:
+    from .console import print_run_summary, setup_console
     from .scenarios import run
 
+    setup_console()  # after the imports above: Lightning adds its own log handlers when imported
     results = guarded(run, cfg)
+    print_run_summary(results, cfg.paths.output_dir)
     return results.get("hmean", results.get("mean"))  # the value a Hydra sweeper would optimise
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``deltapatch-train``; ``argv`` defaults to the command line."""
+    call_with_argv(_train, argv)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from .cli import preflight
-
-    sys.argv = sys.argv[:1] + preflight(sys.argv[1:])
     main()

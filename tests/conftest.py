@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from deltapatch.cli import quote_numeric_groups
+from deltapatch.cli import allow_numeric_group_choices
 
 from helpers import CONF, FAST  # noqa: E402
+
+allow_numeric_group_choices()  # n_deltas=4 picks conf/n_deltas/4.yaml, as in the entry points
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +27,6 @@ def make_cfg(tmp_path, base_cache):
         ov = [f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={base_cache}", *(FAST if fast else []),
               *overrides]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name, overrides=quote_numeric_groups(ov))
+            return compose(config_name, overrides=ov)
 
     return _make

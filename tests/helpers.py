@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +25,10 @@ FAST = [
 ]
 
 
+# a debug=fast run (any command) that does not also evaluate at debug=fast's batch size of 2
+CHEAP_RUN = ["debug=fast"]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
@@ -36,3 +44,29 @@ def state_hash(model: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python *args`` in a subprocess (from the repository root by default)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_main(entry: str, *argv: str) -> int:
+    """Run ``deltapatch.<entry>.main(argv)`` in this process, as its console script would; the exit
+    code. Hydra's global state and the root logger are restored afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    main = importlib.import_module(f"deltapatch.{entry}").main
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    return code

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from backbones.variants import VARIANTS
 from deltapatch import DeltaNetwork, create_backbone
 from deltapatch.cache import FeatureCache
-from deltapatch.cli import quote_numeric_groups
+import deltapatch.cli  # noqa: F401  (numeric group choices such as n_deltas=2)
 from deltapatch.summary import compose_methods, main, summarize
 from helpers import CONF
 
@@ -23,7 +23,7 @@ def run_summary(capsys, *overrides: str) -> dict:
 
 
 def summary_of(*overrides: str, methods: bool = True) -> dict:
-    ov = quote_numeric_groups(list(overrides))
+    ov = list(overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return summarize(compose("summary", overrides=ov), compose_methods(ov) if methods else None)
 

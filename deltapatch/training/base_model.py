@@ -104,8 +104,13 @@ def obtain_base(cfg: DictConfig, loggers: list | None = None) -> BaseInfo:
     return _trained_base(cfg, dm, loggers or [])
 
 
+def base_cache_path(cfg: DictConfig) -> Path:
+    """Where ``base=train`` keeps the base model ``cfg`` describes."""
+    return Path(cfg.base.cache_dir) / f"{cfg.backbone.name}-{base_cache_key(cfg)}.safetensors"
+
+
 def _trained_base(cfg: DictConfig, dm: ClassificationDataModule, loggers: list) -> BaseInfo:
-    path = Path(cfg.base.cache_dir) / f"{cfg.backbone.name}-{base_cache_key(cfg)}.safetensors"
+    path = base_cache_path(cfg)
     model = train_cached(
         cfg, path, dm.num_classes,
         make_module=lambda m: BaseModule(m, dm.num_classes, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay),
@@ -154,4 +159,4 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
     return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
 
 
-__all__ = ["BaseInfo", "base_cache_key", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]
+__all__ = ["BaseInfo", "base_cache_key", "base_cache_path", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]

@@ -10,14 +10,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from deltapatch.cli import quote_numeric_groups
+import deltapatch.cli  # noqa: F401  (numeric group choices such as n_deltas=2)
 
 from helpers import CONF
 
 
 def _compose(*overrides: str, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=quote_numeric_groups(list(overrides)),
+        return compose("config", overrides=list(overrides),
                        return_hydra_config=return_hydra_config)
 
 
@@ -71,7 +71,7 @@ def _check_preset(preset: str, fixed: list[str]) -> None:
                 missing = [v for v in vals if not (CONF / key / f"{v}.yaml").is_file()]
                 assert not missing, f"{preset}: {key} has no option {missing}"
     for overrides in variants:
-        job = compose("config", overrides=quote_numeric_groups([*fixed, *overrides]))
+        job = compose("config", overrides=[*fixed, *overrides])
         OmegaConf.resolve(job)  # every interpolation resolves (no ${num_workers} left dangling)
         get_object(job.method.module._target_)
         get_object(job.dataset._target_)

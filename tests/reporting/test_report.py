@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from deltapatch.cli import quote_numeric_groups
+import deltapatch.cli  # noqa: F401  (numeric group choices such as n_deltas=2)
 from deltapatch.scenarios import run
 from deltapatch.reporting.frame import fmt_cell
 from deltapatch.reporting.labels import method_label
@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=quote_numeric_groups(list(overrides)))
+        return compose("config", overrides=list(overrides))
 
 
 # ------------------------------------------------------------------------------ real runs
