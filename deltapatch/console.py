@@ -26,10 +26,24 @@ _RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorc
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's advertising ("💡 Tip: ... try installing litlogger / litmodels")."""
+    """Drops Lightning's advertising ("💡 Tip: ... try installing litlogger / litmodels"), and its
+    device lines ("GPU available: ...") after the first time: a run builds several Trainers (the
+    base, each task, the evaluation loops) and each would print them again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._devices_seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in str(record.msg)
+        msg = str(record.msg)
+        if "💡 Tip" in msg:
+            return False
+        if msg.startswith(("GPU available:", "TPU available:", "HPU available:")):
+            text = record.getMessage()
+            if text in self._devices_seen:
+                return False
+            self._devices_seen.add(text)
+        return True
 
 
 def setup_console() -> None:
