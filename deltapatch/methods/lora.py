@@ -41,7 +41,7 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 @register_method
 class LoRAMethod(Method):
-    """LoRA on every ``nn.Conv2d`` of the backbone (or the modules named in ``target_modules``;
+    """LoRA on every ungrouped ``nn.Conv2d`` of the backbone (or the modules named in ``target_modules``;
     the base head is never a target) and a new head, per task. The head takes the place of the
     classifier in the task's copy, so the task's logits are the copy's forward.
 
@@ -56,11 +56,13 @@ class LoRAMethod(Method):
         super().__init__(freeze(base))
         self.peft = _import_peft()
         self.r, self.lora_alpha, self.lora_dropout = int(r), lora_alpha, float(lora_dropout)
-        convs = [n for n, m in self.base.named_modules() if isinstance(m, nn.Conv2d)]
+        # peft's LoRA Conv2d has no grouped form (ConvNeXt's depthwise 7x7 convs): dense convs only
+        convs = [n for n, m in self.base.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
         self.target_modules = list(target_modules) if target_modules is not None else convs
         missing = sorted(set(self.target_modules) - set(convs))
         if missing:
-            raise ConfigError(f"lora target_modules {missing} are not Conv2d modules of the backbone")
+            raise ConfigError(f"lora target_modules {missing[:5]} are not ungrouped Conv2d modules of the backbone "
+                              f"(peft's LoRA cannot wrap grouped or depthwise convolutions)")
         if not self.target_modules:
             raise ConfigError(f"{type(self.base).__name__} has no Conv2d to put LoRA on")
         head = self.adapter.classifier()
