@@ -81,7 +81,7 @@ class ResidualAdapterMethod(HookedMethod):
         self.sites = conv3x3_bn_pairs(self.base)
         if not self.sites:
             raise ConfigError(f"{type(self.base).__name__} has no 3x3 convolution followed by a BatchNorm "
-                              "(convN -> bnN): residual adapters need blocks built as convN -> bnN (ResNet/ResNeXt/Wide ResNet), which this model lacks")
+                              "(convN -> bnN, as in ResNet/ResNeXt/Wide ResNet blocks); residual adapters need them")
         for name, conv, bn in self.sites:
             key = module_key(name)
             self.hook(conv, self._conv_hook(key))
