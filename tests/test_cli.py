@@ -180,7 +180,7 @@ def test_evaluate_compares_fingerprints_before_loading_data(tmp_path):
     from safetensors.torch import save_file
 
     from deltapatch import create_backbone
-    from deltapatch.evaluate import cached_base_path
+    from deltapatch.training.base_model import base_cache_path as cached_base_path
 
     patch = _patch_file(tmp_path)
     # the task data does not exist: loading it would fail with another message
