@@ -80,19 +80,23 @@ def cached_train_loader(cfg: DictConfig, method: Method, name: str, dm: Classifi
     same per-epoch order as the image loader; ``None`` when the method has no frozen prefix."""
     from torch.utils.data import DataLoader
 
-    from .cache import FeatureCache
+    from .cache import FeatureCache, auto_feature_cache
     from .data.base import EpochBatchSampler, EpochSampler
 
+    cache_dir = Path(cfg.paths.cache_dir) / "features"
     stage = method.feature_stage(name)
     if stage is None:
-        log.warning("cache_features: method %s has no frozen prefix; training from images", cfg.method.name)
+        (log.info if cfg.cache_features == "auto" else log.warning)(
+            "cache_features: method %s has no frozen prefix; training from images", cfg.method.name)
+        return None
+    if cfg.cache_features == "auto" and not auto_feature_cache(method.net, stage, dm, cache_dir, cfg.trainer):
         return None
     if not dm.deterministic_train_transform:
         raise ConfigError("cache_features=true needs deterministic training transforms (dataset.augment=false)")
     train = dm.splits["train"]
     source = DataLoader(train, batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
     cache = FeatureCache(method.net, stage, source, dataset_id=f"{dm.name}:{dm.class_ids}:{dm.image_size}:{dm.seed}",
-                         cache_dir=Path(cfg.paths.cache_dir) / "features")
+                         cache_dir=cache_dir)
     sampler = EpochBatchSampler(EpochSampler(cache.dataset, dm.seed), dm.batch_size, drop_last=False)
     return DataLoader(cache.dataset, sampler=sampler, batch_size=None)
 

@@ -233,3 +233,16 @@ def test_training_from_cache_matches_training_from_images(net, data, tmp_path, m
         for (a_name, a), (b_name, b) in zip(net_img.tasks.state_dict().items(), net_feat.tasks.state_dict().items()):
             assert a_name == b_name
             torch.testing.assert_close(b.float(), a.float(), atol=1e-5, rtol=0)
+
+
+def test_runner_cache_features_auto(make_cfg, caplog):
+    """The runner asks auto_feature_cache (whose other answers the test above covers): a run of two
+    full epochs trains from cached features and says so with the size."""
+    from deltapatch.experiment import run
+
+    with caplog.at_level("INFO", logger="deltapatch.cache"):
+        res = run(make_cfg("cache_features=auto", "+dataset.max_train_samples=64", "trainer.max_epochs=2",
+                           "trainer.limit_train_batches=null", "lambda_batches=0"))
+    assert "training from cached stage-3 features of digits (64 samples" in caplog.text
+    assert "MB in memory" in caplog.text
+    assert res["tasks"]["patch"] is not None

@@ -97,6 +97,11 @@ class ClassificationDataModule(L.LightningDataModule):
     Splits: the dataset's own ``train``/``test`` (and ``val`` when ``has_val``); otherwise a
     seeded ``val_fraction`` of train is held out for model selection. ``sample_rate`` keeps a
     class-balanced, seeded fraction of the training split (transfer-learning tables).
+
+    Loaders: ``num_workers``, ``pin_memory``, ``persistent_workers`` (default: when there are
+    workers) and ``prefetch_factor`` (default: torch's) go to every DataLoader. ``image_cache``:
+    serve every split from images decoded and resized once into ``image_cache_dir`` (see
+    :mod:`deltapatch.data.image_cache`, which also states the rule for ``image_cache_size``).
     """
 
     name: str = "dataset"
@@ -120,6 +125,11 @@ class ClassificationDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         max_train_samples: int | None = None,
         name: str | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        image_cache: bool = False,
+        image_cache_dir: str | os.PathLike = "outputs/cache/images",
+        image_cache_size: int | None = None,
     ):
         super().__init__()
         if name is not None:
@@ -133,6 +143,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.download, self.augment = download, augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.max_train_samples = max_train_samples
+        self.persistent_workers, self.prefetch_factor = persistent_workers, prefetch_factor
+        self.image_cache, self.image_cache_size = bool(image_cache), image_cache_size
+        self.image_cache_dir = Path(os.path.expanduser(str(image_cache_dir)))
         self.all_class_names: list[str] = []
         self.splits: dict[str, TaskDataset] = {}
 
@@ -228,19 +241,33 @@ class ClassificationDataModule(L.LightningDataModule):
         return idx
 
     # ------------------------------------------------------------ loaders
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The DataLoader settings every split's loader gets."""
+        workers = self.num_workers > 0
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+            "persistent_workers": workers if self.persistent_workers is None else self.persistent_workers and workers,
+        }
+        if workers and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         data = self.splits[split]
-        return DataLoader(
-            data,
+        common = dict(
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=EpochSampler(data, self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
             # a fixed generator: iterating a loader then draws nothing from the global RNG
             generator=torch.Generator().manual_seed(self.seed),
+            **self.loader_kwargs(),
         )
+        if self.image_cache:  # the same batches, from pixels decoded once (data/image_cache.py)
+            from . import image_cache as ic
+
+            return ic.ImageCacheLoader(ic.cached_split(self, split), plan=ic.plan_of(self), train=split == "train",
+                                       seed=self.seed, device=ic.batch_device(self), **common)
+        return DataLoader(data, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
