@@ -155,8 +155,8 @@ def plan_for(dm: Any) -> CachePlan:
         eval_crop = BatchCropFlip(out, random=False)
     else:
         pad = crop.padding if crop is not None else (0, 0, 0, 0)
-        train_crop = (BatchCropFlip(out, pad, crop.fill if crop else 0, flip.p if flip else 0.0, random=crop is not None)
-                      if random else None)
+        train_crop = (BatchCropFlip(out, pad, crop.fill if crop else 0, flip.p if flip else 0.0,
+                                    random=crop is not None) if random else None)
         eval_crop = None
     return CachePlan(T.Compose(pixel), size, train_crop, eval_crop, T.Compose(tensor))
 
@@ -223,7 +223,8 @@ def _build(root: Path, key: str, meta: dict, data: Any, plan: CachePlan, workers
     with EntryWriter(root, key, meta) as w:
         for x, _ in loader:
             if x.dtype != torch.uint8 or x.dim() != 4:
-                raise ConfigError(f"image_cache: the cached transform gives {x.dtype} {tuple(x.shape[1:])}, not uint8 CHW")
+                raise ConfigError(f"image_cache: the cached transform gives {x.dtype} {tuple(x.shape[1:])}, "
+                                  f"not uint8 CHW")
             if "images" not in w.arrays:
                 w.create("images", (len(source), *x.shape[1:]), np.uint8)
             w.append("images", x.numpy())

@@ -37,7 +37,8 @@ def test_gpu_trainer_sets_loader_defaults(make_cfg, monkeypatch):
 
 
 def test_image_cache_reaches_every_dataset_of_a_run(make_cfg):
-    cfg = make_cfg("experiment=table3", "image_cache=true", fast=False)  # tasks and the ImageNet base in their own nodes
+    # table3: three task datasets and the ImageNet base, each in a node of its own
+    cfg = make_cfg("experiment=table3", "image_cache=true", fast=False)
     nodes = [cfg.dataset, cfg.base.dataset, *(t.dataset for t in cfg.scenario.tasks.values())]
     assert len(nodes) == 5
     for node in nodes:
