@@ -7,7 +7,9 @@ that a training loop shuffles as usual, feeding ``net.forward_from(features, tas
 
 Storage: features are kept as float16 by default (``dtype``; a ResNet-50 ∆(1) row at 224 px is
 1024×14×14, 400 KB in fp16, 3.2 GB for Stanford Cars' 8,144 images) and handed out as float32
-batches. In memory when they fit under ``max_memory_bytes``; otherwise (or with ``persist=True``)
+batches. The runner stores float16 only when training itself runs in 16-bit precision (then the
+rounding is below what autocast does anyway) and exact features for 32-bit runs
+(:func:`storage_dtype`). In memory when they fit under ``max_memory_bytes``; otherwise (or with ``persist=True``)
 on disk under ``cache_dir`` as numpy ``.npy`` files (:mod:`deltapatch.data.array_store`: numpy's
 own header, checksums in a manifest, written to a temp folder and renamed), memory-mapped so the
 OS pages rows in and out. The entry is keyed by a hash of (base fingerprint, stage, dataset
@@ -305,6 +307,13 @@ def _chain(f0: torch.Tensor, y0: torch.Tensor, rest: Iterator) -> Iterator[tuple
 
 
 # ---------------------------------------------------------------------- cache_features=auto
+def storage_dtype(trainer: Mapping[str, Any] | None) -> torch.dtype | None:
+    """The cache's ``dtype`` for a run with these Trainer settings: float16 under 16-bit precision
+    (``bf16-mixed``, ``16-mixed``...), else ``None`` (as computed: exact for 32-bit training)."""
+    precision = str((trainer or {}).get("precision", "32-true"))
+    return torch.float16 if precision.startswith(("16", "bf16")) else None
+
+
 def feature_cache_bytes(net: DeltaNetwork, stage: int, n: int, example: torch.Tensor,
                         dtype: torch.dtype = DEFAULT_DTYPE) -> int:
     """Bytes a feature cache of ``n`` samples would take (features and labels): one ``example``
@@ -368,7 +377,7 @@ def auto_feature_cache(net: DeltaNetwork, stage: int, datamodule: Any, cache_dir
         log.info("cache_features=auto: the run goes over %s's training set %.2f times; a cache pays off "
                  "from 2: training from images", name, passes)
         return False
-    size = feature_cache_bytes(net, stage, n, train[0][0])
+    size = feature_cache_bytes(net, stage, n, train[0][0], storage_dtype(trainer) or torch.float32)
     where = "in memory"
     if size > max_memory_bytes:
         free = _free_bytes(Path(cache_dir))

@@ -80,7 +80,7 @@ def cached_train_loader(cfg: DictConfig, method: Method, name: str, dm: Classifi
     same per-epoch order as the image loader; ``None`` when the method has no frozen prefix."""
     from torch.utils.data import DataLoader
 
-    from .cache import FeatureCache, auto_feature_cache
+    from .cache import FeatureCache, auto_feature_cache, storage_dtype
     from .data.base import EpochBatchSampler, EpochSampler
 
     cache_dir = Path(cfg.paths.cache_dir) / "features"
@@ -96,7 +96,7 @@ def cached_train_loader(cfg: DictConfig, method: Method, name: str, dm: Classifi
     train = dm.splits["train"]
     source = DataLoader(train, batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
     cache = FeatureCache(method.net, stage, source, dataset_id=f"{dm.name}:{dm.class_ids}:{dm.image_size}:{dm.seed}",
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, dtype=storage_dtype(cfg.trainer))
     sampler = EpochBatchSampler(EpochSampler(cache.dataset, dm.seed), dm.batch_size, drop_last=False)
     return DataLoader(cache.dataset, sampler=sampler, batch_size=None)
 

@@ -140,12 +140,14 @@ def test_auto_feature_cache_decision(net, tmp_path, caplog):
     """Yes only for deterministic transforms, at least two passes, and a size that fits."""
     from types import SimpleNamespace
 
-    from deltapatch.cache import auto_feature_cache, feature_cache_bytes, planned_passes
+    from deltapatch.cache import auto_feature_cache, feature_cache_bytes, planned_passes, storage_dtype
 
     ds = TensorDataset(torch.randn(N, 3, 32, 32), torch.zeros(N, dtype=torch.long))
     dm = SimpleNamespace(name="toy", deterministic_train_transform=True, splits={"train": ds}, batch_size=BS)
     row = net.base_features(ds[0][0][None], upto=3)[0]
     assert feature_cache_bytes(net, 3, N, ds[0][0]) == N * (row.numel() * 2 + 8)
+    assert storage_dtype({"precision": "bf16-mixed"}) == torch.float16
+    assert storage_dtype({"precision": "32-true"}) is None
     assert planned_passes({"max_epochs": 3}, 10) == 3
     assert planned_passes({"max_epochs": 6, "limit_train_batches": 2}, 10) == pytest.approx(1.2)
     assert planned_passes({"max_epochs": 4, "limit_train_batches": 0.5}, 10) == 2
@@ -243,6 +245,7 @@ def test_runner_cache_features_auto(make_cfg, caplog):
     with caplog.at_level("INFO", logger="deltapatch.cache"):
         res = run(make_cfg("cache_features=auto", "+dataset.max_train_samples=64", "trainer.max_epochs=2",
                            "trainer.limit_train_batches=null", "lambda_batches=0"))
+    # 32-bit training: exact float32 rows, 4 bytes a value (+ 8 a label) in the logged estimate
     assert "training from cached stage-3 features of digits (64 samples" in caplog.text
-    assert "MB in memory" in caplog.text
+    assert f"{64 * (256 * 2 * 2 * 4 + 8) / 1e6:.1f} MB in memory" in caplog.text
     assert res["tasks"]["patch"] is not None

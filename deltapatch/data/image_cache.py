@@ -258,6 +258,9 @@ def cached_split(dm: Any, split: str, verify: bool = True) -> Dataset:
     meta = _fingerprint(dm, split, data, plan)
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     root = Path(dm.image_cache_dir)
+    opened = dm.__dict__.setdefault("_image_cache_opened", {})  # checked once per process, not per loader
+    if opened.get(split) == key and (root / key).is_dir():
+        return CachedImages(root / key / "images.npy", data.targets())
     try:
         open_entry(root, key, {"format": FORMAT, "n": len(data)}, verify=verify)
     except EntryError as e:
@@ -266,6 +269,7 @@ def cached_split(dm: Any, split: str, verify: bool = True) -> Dataset:
             discard(root, key)
         _build(root, key, {"format": FORMAT, "name": dm.name, "split": split, "n": len(data)}, data, plan,
                dm.num_workers)
+    opened[split] = key
     return CachedImages(root / key / "images.npy", data.targets())
 
 

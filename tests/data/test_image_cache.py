@@ -3,11 +3,11 @@ the JPEG epoch's accuracy, batched crops/flips equal torchvision's per image, co
 rebuilt, and transforms the cache cannot reproduce are refused."""
 from __future__ import annotations
 
+import importlib
 import logging
 
 import numpy as np
 import pytest
-import lightning.pytorch as pl  # as data/base.py until the project-wide switch to pytorch_lightning
 import torch
 from PIL import Image
 from torch import nn
@@ -16,8 +16,11 @@ from torchvision.transforms import v2 as T
 from deltapatch.data import ImageFolderDataModule
 from deltapatch.data import image_cache as ic
 from deltapatch.data.joint import JointDataModule
+from deltapatch.data.base import ClassificationDataModule
 from deltapatch.errors import ConfigError
 
+# the Lightning package the datamodules are built on (a Trainer of the other one refuses them)
+pl = importlib.import_module(ClassificationDataModule.__mro__[1].__module__.split(".")[0])
 SIZE = 24
 
 
