@@ -196,7 +196,7 @@ class GpuUtilization:
         if not self.available:
             return self
         cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-               f"-lms={self.interval_ms}", f"--id={os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0]}"]
+               f"--loop-ms={self.interval_ms}", f"--id={os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0]}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()

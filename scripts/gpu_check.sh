@@ -15,7 +15,7 @@
 #   scripts/gpu_check.sh --device cpu --quick --no-install # a CPU smoke run of every part (tests)
 # Env: OUT (default outputs/gpu_check), PYTHON (python3), GPU_CHECK_CACHE (generated JPEGs and
 # caches, default /tmp/deltapatch-gpu-check: never under $OUT, which is copied back),
-# BUDGET_METHODS / BUDGET_WORKLOAD (seconds, default 150 / 240).
+# BUDGET_METHODS / BUDGET_WORKLOAD (seconds, default 150 / 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +23,7 @@ OUT="${OUT:-outputs/gpu_check}"
 PY="${PYTHON:-python3}"
 CACHE="${GPU_CHECK_CACHE:-/tmp/deltapatch-gpu-check}"
 BUDGET_METHODS="${BUDGET_METHODS:-150}"
-BUDGET_WORKLOAD="${BUDGET_WORKLOAD:-240}"
+BUDGET_WORKLOAD="${BUDGET_WORKLOAD:-300}"
 DEVICE=cuda
 QUICK=0
 INSTALL=1
@@ -119,7 +119,7 @@ else
   METHODS_ARGS=(--device "$DEVICE" --bf16 --backbone resnet50 --image-size 224 --batch-size 64 --steps 30
                 --warmup-steps 5 --threads "$THREADS")
   WORKLOAD_ARGS=(--device "$DEVICE" --bf16 --backbones resnet50 --workers "$WORKERS" --images 2000
-                 --image-size 224 --batch-size 64 --repeats 3 --warmup 1 --threads "$THREADS")
+                 --image-size 224 --batch-size 64 --repeats 2 --warmup 1 --threads "$THREADS")
 fi
 part methods "$BUDGET_METHODS" "$PY" scripts/bench.py --workload methods --plain "${METHODS_ARGS[@]}" \
   --json "$OUT/methods.json"

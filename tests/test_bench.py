@@ -118,3 +118,25 @@ def test_gpu_check_runs_every_part_on_cpu(tmp_path):
         proc = subprocess.run([script, "--no-install"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
         assert "gpu_check: ERROR:" in proc.stderr and "no CUDA device" in proc.stderr
+
+
+def test_report_of_a_failed_part_and_gpu_util_windows(tmp_path):
+    """bench_report.py with one part failed: the report says so and keeps the other part; GPU
+    utilisation is averaged over the samples inside a case's time windows only."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_common import GpuUtilization, target_entry
+    from bench_report import main as report
+
+    (tmp_path / "parts.txt").write_text("methods\tfailed\t12\texit 1: CUDA error\nworkload\tok\t30\t\n")
+    (tmp_path / "env.json").write_text(json.dumps({"device": "cuda", "gpu": "Test GPU", "torch": "x"}))
+    out = report([str(tmp_path)])
+    assert not out["ok"] and out["methods"] is None and out["env"]["gpu"] == "Test GPU"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## GPU check: Test GPU" in md and "| methods | failed | 12 | exit 1: CUDA error |" in md
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["parts"][1]["status"] == "ok"
+
+    util = GpuUtilization()
+    util.samples = [(1.0, 10.0), (2.0, 90.0), (3.0, 80.0), (5.0, 0.0)]
+    assert util.mean([(1.5, 3.5)]) == 85.0 and util.mean([(0.5, 1.5), (4.5, 5.5)]) == 5.0
+    assert util.mean([(6.0, 7.0)]) is None
+    assert target_entry(None, 0.7)["status"] == "n/a" and target_entry(0.8, 0.7)["status"] == "miss"

@@ -216,3 +216,21 @@ def test_refuses_transforms_it_cannot_reproduce(folder, tmp_path):
     dm = Jitter(data_dir=folder, image_size=SIZE, image_cache=True, image_cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="image_cache"):
         dm.train_dataloader()
+
+
+def test_batch_work_runs_on_the_batch_device(folder, tmp_path):
+    """Crop, flip and normalisation follow the batch to its device (meta here: any CPU round trip of
+    the data would fail there), and the datamodule sends it to its Trainer's GPU."""
+    from types import SimpleNamespace
+
+    dm = make(folder, tmp_path, augment=True)
+    plan = ic.plan_of(dm)
+    x = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    out = ic.finish_batch(x, plan, True, torch.Generator().manual_seed(0), torch.device("meta"))
+    assert out.device.type == "meta" and out.shape == (4, 3, SIZE, SIZE) and out.dtype == torch.float32
+    assert ic.batch_device(dm) is None  # no Trainer: batches stay where the loader puts them
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 1)))
+    assert ic.batch_device(dm) == torch.device("cuda", 1)
+    assert dm.train_dataloader().device == torch.device("cuda", 1)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert ic.batch_device(dm) is None
