@@ -7,7 +7,9 @@ and its :class:`~deltapatch.training.module.TaskModule` fitted by a Lightning Tr
 ``--steps`` steps on synthetic images already in memory (the data path is the JPEG workload's
 subject). Images/s is timed over the steps after ``--warmup-steps``; peak GPU memory is
 ``torch.cuda.max_memory_allocated`` from a reset before the fit. PAINT also times its α sweep
-(11 interpolations, each scored on two batches of base and task).
+(11 interpolations, each scored on two batches of base and task). ``--variants fp32,bf16-cl``
+measures ``--variant-methods`` again in other precisions / memory formats (``-cl``: channels_last),
+so whether bf16 and channels_last help is measured rather than assumed.
 
     python3 scripts/bench.py --workload methods --device cuda --bf16        # resnet50, 224 px, batch 64
     .venv/bin/python scripts/bench.py --workload methods --quick            # CPU smoke run
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--bf16", action="store_true", help="precision=bf16-mixed (trainer=gpu's default)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--variants", default="", help="extra runs: fp32, bf16, fp32-cl, bf16-cl (comma-separated)")
+    p.add_argument("--variant-methods", default="delta1,finetune", help="the methods the variants run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18, 32 px, batch 4, 3 steps")
@@ -65,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in args.methods if m not in METHODS]
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.variant_methods = [m for m in args.variant_methods.split(",") if m]
+    bad = [v for v in args.variants if v not in ("fp32", "bf16", "fp32-cl", "bf16-cl")]
+    if bad:
+        raise SystemExit(f"bench methods: unknown variants {bad}; choose from fp32, bf16, fp32-cl, bf16-cl")
+    unknown = [m for m in args.methods + args.variant_methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"bench methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     return args
@@ -151,6 +160,20 @@ def alpha_sweep_seconds(method, data: TensorDataset, args: argparse.Namespace) -
     return time.perf_counter() - t0
 
 
+def variant_name(bf16: bool, channels_last: bool) -> str:
+    return ("bf16" if bf16 else "fp32") + ("-cl" if channels_last else "")
+
+
+def guarded(args: argparse.Namespace, name: str, data: TensorDataset, out: str) -> dict:
+    """:func:`measure`, with running out of GPU memory reported as a row rather than a crash."""
+    try:
+        row = measure(args, name, data, out)
+    except torch.cuda.OutOfMemoryError:
+        row = {"method": name, "error": f"out of GPU memory at batch {args.batch_size}"}
+    gc.collect()
+    return {**row, "variant": variant_name(args.bf16, args.channels_last)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -163,15 +186,23 @@ def main(argv: list[str] | None = None) -> dict:
     # one batch worth of images, drawn with replacement every step: no data path at all
     data = TensorDataset(torch.randn(args.batch_size, 3, s, s, generator=g),
                          torch.randint(0, args.classes, (args.batch_size,), generator=g))
-    rows = []
+    rows, variants = [], {}
+    main_variant = variant_name(args.bf16, args.channels_last)
     with tempfile.TemporaryDirectory(prefix="deltapatch-bench-methods-") as out:
         for name in args.methods:
-            try:
-                rows.append(measure(args, name, data, out))
-            except torch.cuda.OutOfMemoryError:
-                rows.append({"method": name, "error": f"out of GPU memory at batch {args.batch_size}"})
-            gc.collect()
-    result = {"methods": {r["method"]: r for r in rows}, "peak_rss_mb": peak_rss_mb()}
+            rows.append(guarded(args, name, data, out))
+        for v in args.variants:
+            if v == main_variant:
+                continue
+            vargs = argparse.Namespace(**{**vars(args), "bf16": v.startswith("bf16"),
+                                          "channels_last": v.endswith("-cl")})
+            for name in args.variant_methods:
+                variants.setdefault(name, {})[v] = guarded(vargs, name, data, out)
+    result = {"methods": {r["method"]: r for r in rows}, "variants": variants, "peak_rss_mb": peak_rss_mb()}
+    for name, vs in variants.items():  # speed of each variant relative to the main run of that method
+        ref = result["methods"].get(name, {}).get("images_per_s")
+        for r in vs.values():
+            r["speed_vs_main"] = r["images_per_s"] / ref if ref and r.get("images_per_s") else None
     ft = result["methods"].get("finetune", {}).get("images_per_s")
     for r in rows:  # speed relative to full fine-tuning, the usual yardstick
         r["speed_vs_finetune"] = r["images_per_s"] / ft if ft and r.get("images_per_s") else None
@@ -179,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "workload": "methods", "backbone": args.backbone, "image_size": args.image_size,
         "batch_size": args.batch_size, "classes": args.classes, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "device": args.device, "bf16": args.bf16,
-        "channels_last": args.channels_last, "quick": args.quick, "weights": "random init",
+        "channels_last": args.channels_last, "variants": args.variants, "quick": args.quick, "weights": "random init",
         "input": "synthetic, in memory", "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
@@ -189,9 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['speed_vs_finetune']:.2f}" if r.get("speed_vs_finetune") else "-",
               f"{r['alpha_sweep_s']:.2f}" if "alpha_sweep_s" in r else "")
              for r in rows]
-    render_tables([(f"{args.backbone} at {s} px, batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'} "
+    vrows = [(name, v, f"{r['images_per_s']:.1f}" if r.get("images_per_s") else r.get("error", "-"),
+              f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-",
+              f"{r['speed_vs_main']:.2f}" if r.get("speed_vs_main") else "-")
+             for name, vs in variants.items() for v, r in vs.items()]
+    render_tables([(f"{args.backbone} at {s} px, batch {args.batch_size}, {main_variant} "
                     f"on {result['config']['gpu'] or 'CPU'}",
-                    ("method", "images/s", "peak GPU MB", "trainable", "× finetune", "α sweep s"), table)],
-                  args.plain)
+                    ("method", "images/s", "peak GPU MB", "trainable", "× finetune", "α sweep s"), table),
+                   (f"other precisions / memory formats (× the {main_variant} run)",
+                    ("method", "variant", "images/s", "peak GPU MB", f"× {main_variant}"), vrows)], args.plain)
     emit_json(result, args.json_out)
     return result

@@ -50,6 +50,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name}{extra} | {_f(r.get('images_per_s'))} | {_f(r.get('peak_gpu_mb'), '.0f')} | "
                          f"{r.get('trainable_params', 0):,} | {_f(r.get('speed_vs_finetune'), '.2f')} |")
         lines.append("")
+        if methods.get("variants"):
+            main = ("bf16" if c["bf16"] else "fp32") + ("-cl" if c["channels_last"] else "")
+            lines += [f"Other precisions and memory formats (-cl: channels_last), against the {main} run:", "",
+                      f"| method | variant | images/s | peak GPU memory (MB) | × {main} |", "|---|---|---:|---:|---:|"]
+            for name, vs in methods["variants"].items():
+                lines += [f"| {name} | {v} | {_f(r.get('images_per_s'))} | {_f(r.get('peak_gpu_mb'), '.0f')} | "
+                          f"{_f(r.get('speed_vs_main'), '.2f')} |" for v, r in vs.items()]
+            lines.append("")
     if workload:
         c = workload["config"]
         for group, g in workload["groups"].items():

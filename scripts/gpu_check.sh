@@ -4,7 +4,8 @@
 #   1. environment: torch (must be preinstalled), the other packages (or wheels in .whl/), the
 #      project itself (pip install --no-deps -e .), the GPU;
 #   2. methods: one Table 2 cell (resnet50, 224 px, batch 64, bf16; fc, ∆(1), ∆(4), finetune,
-#      PAINT) through the project's training path: images/s and peak GPU memory per method;
+#      PAINT) through the project's training path: images/s and peak GPU memory per method; ∆(1)
+#      and finetune again in fp32 and in bf16 + channels_last (do they help? measured);
 #   3. workload: the JPEG workload on the GPU for resnet50 (JPEGs vs image cache vs feature
 #      cache, data-wait share, GPU utilisation from nvidia-smi), workers from the job's CPUs;
 #   4. report: $OUT/gpu_check.json, $OUT/gpu_check.md, and the Markdown printed.
@@ -113,11 +114,11 @@ part() {  # part NAME BUDGET_SECONDS COMMAND...: run with a time limit, one line
 WORKERS=$("$PY" -c 'from deltapatch.resolvers import loader_workers; print(loader_workers())')
 THREADS=$(( WORKERS > 4 ? 4 : (WORKERS > 0 ? WORKERS : 1) ))
 if [ "$QUICK" = 1 ]; then
-  METHODS_ARGS=(--quick --device "$DEVICE")
+  METHODS_ARGS=(--quick --device "$DEVICE" --variants fp32-cl --variant-methods delta1)
   WORKLOAD_ARGS=(--quick --device "$DEVICE" --backbones resnet18 --workers 0)
 else
   METHODS_ARGS=(--device "$DEVICE" --bf16 --backbone resnet50 --image-size 224 --batch-size 64 --steps 30
-                --warmup-steps 5 --threads "$THREADS")
+                --warmup-steps 5 --threads "$THREADS" --variants fp32,bf16-cl --variant-methods delta1,finetune)
   WORKLOAD_ARGS=(--device "$DEVICE" --bf16 --backbones resnet50 --workers "$WORKERS" --images 2000
                  --image-size 224 --batch-size 64 --repeats 2 --warmup 1 --threads "$THREADS")
 fi

@@ -111,9 +111,11 @@ def test_gpu_check_runs_every_part_on_cpu(tmp_path):
     params = [methods[m]["trainable_params"] for m in ("fc", "delta1", "delta4", "finetune")]
     assert params == sorted(params) and methods["paint"]["trainable_params"] == methods["finetune"]["trainable_params"]
     assert methods["paint"]["alpha_sweep_s"] > 0 and methods["finetune"]["speed_vs_finetune"] == 1.0
+    variant = report["methods"]["variants"]["delta1"]["fp32-cl"]  # channels_last measured, not assumed
+    assert variant["images_per_s"] > 0 and variant["speed_vs_main"] > 0 and variant["variant"] == "fp32-cl"
     assert report["workload"]["groups"]["resnet18_w0"]["ratios"]["featcache_vs_jpeg_delta1"] > 0
     md = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "| delta4 |" in md and "| delta1_imgcache |" in md and md in proc.stdout
+    assert "| delta4 |" in md and "| delta1_imgcache |" in md and "| delta1 | fp32-cl |" in md and md in proc.stdout
     if not __import__("torch").cuda.is_available():
         proc = subprocess.run([script, "--no-install"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
