@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from .backbones import get_adapter
 from .data.array_store import EntryError, EntryWriter, discard, open_entry
 from .delta.network import DeltaNetwork
 from .errors import ConfigError
@@ -96,7 +97,8 @@ class FeatureCache:
     """Frozen-prefix features of a whole dataset, computed once.
 
     Args:
-        net: a :class:`DeltaNetwork` with a frozen base (``freeze_base=True``).
+        net: a :class:`DeltaNetwork` with a frozen base (``freeze_base=True``), or a method whose
+            ``feature_stage`` is not None (anything with ``base`` and ``base_features(x, upto)``).
         stage: cache the features *entering* this stage (``net.base_features(x, upto=stage)``);
             for a task, ``net.tasks[task].first_stage`` (see :meth:`for_task`).
         loader: the training data, **not shuffled**, with **deterministic** transforms
@@ -129,11 +131,12 @@ class FeatureCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = DEFAULT_DTYPE,
     ):
-        if not getattr(net, "freeze_base", False):
+        if getattr(net, "freeze_base", True) is False:
             raise ConfigError("feature caching needs a frozen base (freeze_base=True): "
                               "an unfrozen prefix changes every step")
-        if not 0 <= stage <= net.n_stages:
-            raise ConfigError(f"cache stage {stage} out of range 0..{net.n_stages}")
+        n_stages = len(get_adapter(net.base).stages())
+        if not 0 <= stage <= n_stages:
+            raise ConfigError(f"cache stage {stage} out of range 0..{n_stages}")
         if isinstance(loader.sampler, RandomSampler):
             raise ConfigError("FeatureCache needs a loader without shuffle: rows must follow the dataset's order "
                               "so a reused file matches it; shuffle the cached dataset instead")

@@ -39,8 +39,6 @@ def compose(name: str, tmp_path: Path, **overrides) -> DictConfig:
     """``conf/dataset/<name>.yaml`` inside a minimal root config whose paths live under tmp_path."""
     root = OmegaConf.create({
         "seed": 0,
-        "loader": OmegaConf.load(CONF.parent / "loader" / "cpu.yaml"),
-        "image_cache": False,
         "backbone": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "paths": {"root_dir": str(tmp_path), "data_dir": str(tmp_path / "data"),
                   "packs_dir": str(tmp_path / "packs"), "cache_dir": str(tmp_path / "cache")},
