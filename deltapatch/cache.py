@@ -5,87 +5,92 @@ patched stage give the same features every epoch. :class:`FeatureCache` computes
 pass over a non-shuffled loader) and hands back a :class:`FeatureDataset` of ``(features, label)``
 that a training loop shuffles as usual, feeding ``net.forward_from(features, task)``.
 
-Storage: in memory when the features fit under ``max_memory_bytes``; otherwise (or with
-``persist=True``) a tensor file under ``cache_dir``, memory-mapped so the OS pages it in and out.
-The file name is a hash of (base fingerprint, stage, dataset identity), so a second run on the same
-base and data reuses it; a truncated or corrupt file is detected and recomputed. Files are written
-to a temp name and renamed, so a killed writer never leaves a half file under the final name.
+Storage: features are kept as float16 by default (``dtype``; a ResNet-50 ∆(1) row at 224 px is
+1024×14×14, 400 KB in fp16, 3.2 GB for Stanford Cars' 8,144 images) and handed out as float32
+batches. The runner stores float16 only when training itself runs in 16-bit precision (then the
+rounding is below what autocast does anyway) and exact features for 32-bit runs
+(:func:`storage_dtype`). In memory when they fit under ``max_memory_bytes``; otherwise (or with ``persist=True``)
+on disk under ``cache_dir`` as numpy ``.npy`` files (:mod:`deltapatch.data.array_store`: numpy's
+own header, checksums in a manifest, written to a temp folder and renamed), memory-mapped so the
+OS pages rows in and out. The entry is keyed by a hash of (base fingerprint, stage, dataset
+identity, dtype), so a later run on the same base and data reuses it; a truncated or corrupt
+entry is detected and recomputed. Batches are gathered with their indices sorted, so a batch
+reads the mapped file in ascending order rather than jumping between random rows.
 
-File layout (native byte order): a 4096-byte header (magic, then JSON padded with spaces), the
-labels ``[N]`` as int64, then the features ``[N, *shape]`` as raw bytes (labels first, so both
-sections start 8-byte aligned whatever the feature dtype).
+:func:`auto_feature_cache` is the runner's ``cache_features=auto`` decision, with the size
+estimate of :func:`feature_cache_bytes`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .backbones import get_adapter
-from .checkpoint import atomic_path
+from .data.array_store import EntryError, EntryWriter, discard, open_entry
 from .delta.network import DeltaNetwork
 from .errors import ConfigError
 from .patch import base_fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT = "deltapatch-features/1"
-MAGIC = b"DPFEAT01"
-HEADER_BYTES = 4096  # fixed, so the data starts page-aligned and the header can be rewritten in place
+FORMAT = "deltapatch-features/2"  # /1 was a hand-made binary file; /2 is numpy .npy in a folder
 DEFAULT_MAX_MEMORY_BYTES = 1 << 30
-SUFFIX = ".dpfeat"
+DEFAULT_DTYPE = torch.float16
 
 
-def cache_key(fingerprint: str, stage: int, dataset_id: str) -> str:
-    """SHA-256 naming one cache file: same base weights, same stage, same data -> same key."""
-    blob = json.dumps({"format": FORMAT, "base": fingerprint, "stage": int(stage), "dataset": dataset_id},
-                      sort_keys=True)
+def cache_key(fingerprint: str, stage: int, dataset_id: str, dtype: str = "float16") -> str:
+    """SHA-256 naming one cache entry: same base weights, stage, data and dtype -> same key."""
+    blob = json.dumps({"format": FORMAT, "base": fingerprint, "stage": int(stage), "dataset": dataset_id,
+                       "dtype": dtype}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype '{name}'")
-    return dtype
-
-
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    """Raw bytes of a CPU tensor; through uint8 so dtypes numpy lacks (bfloat16) work too."""
-    return memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+def _storage_dtype(computed: torch.dtype, wanted: torch.dtype | None) -> torch.dtype:
+    """What the rows are stored as: ``wanted``, else as computed (bfloat16, which .npy cannot
+    hold, as float32)."""
+    if wanted is not None:
+        return wanted
+    return torch.float32 if computed == torch.bfloat16 else computed
 
 
 class FeatureDataset(Dataset):
     """``(features[i], labels[i])`` over a cached feature tensor (in memory or memory-mapped).
 
     ``dataset[i]`` gives one sample; ``dataset[list_of_indices]`` gives a whole batch with one
-    gather, which :meth:`FeatureCache.loader` uses to avoid per-sample indexing and re-stacking.
+    gather, in ascending index order (sequential reads from a mapped file), put back into the
+    order asked for. Rows are handed out as ``dtype`` (default float32, whatever the storage).
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype | None = torch.float32):
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-        self.features, self.labels = features, labels
+        self.features, self.labels, self.dtype = features, labels, dtype
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _out(self, f: torch.Tensor) -> torch.Tensor:
+        return f if self.dtype is None or f.dtype == self.dtype else f.to(self.dtype)
+
     def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(index, (list, tuple, torch.Tensor, np.ndarray)):
             idx = torch.as_tensor(index, dtype=torch.long)
-            return self.features[idx], self.labels[idx]
-        return self.features[index], self.labels[index]
+            order = torch.argsort(idx)
+            rows = self.features[idx[order]]
+            out = torch.empty_like(rows)
+            out[order] = rows
+            return self._out(out), self.labels[idx]
+        return self._out(self.features[index]), self.labels[index]
 
 
 class FeatureCache:
@@ -100,15 +105,17 @@ class FeatureCache:
             (``datamodule.deterministic_train_transform``); batches are ``(images, labels, ...)``.
         dataset_id: a string that identifies the data and its transforms (dataset name, split,
             class subset, image size, normalisation...). Required for an on-disk cache: it is part
-            of the file key, so two datasets must never share one.
-        cache_dir: where on-disk caches live (e.g. ``outputs/feature_cache``). ``None``: memory only.
-        max_memory_bytes: above this size the features go to a memory-mapped file in ``cache_dir``.
+            of the key, so two datasets must never share one.
+        cache_dir: where on-disk caches live (e.g. ``outputs/cache/features``). ``None``: memory only.
+        max_memory_bytes: above this size the features go to memory-mapped files in ``cache_dir``.
         persist: also write caches that fit in memory to disk, so later runs reuse them.
-        verify: check the SHA-256 of a reused file's data (one sequential read) before trusting it.
+        verify: check the SHA-256 of a reused entry (one sequential read) before trusting it.
         device: where to run the prefix; default: the device of the base model's parameters.
+        dtype: how rows are stored (default float16: half the bytes; ``None``: as computed,
+            exact). A prefix whose values overflow float16 is stored as float32 instead.
 
     Attributes: ``features`` ``[N, C, H, W]`` and ``labels`` ``[N]`` (CPU), ``dataset``, ``source_loader``,
-    ``path`` (the file, or ``None``), ``memmapped``, ``computed`` (False when reused from disk).
+    ``path`` (the entry folder, or ``None``), ``memmapped``, ``computed`` (False when reused from disk).
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class FeatureCache:
         persist: bool = False,
         verify: bool = True,
         device: torch.device | str | None = None,
+        dtype: torch.dtype | None = DEFAULT_DTYPE,
     ):
         if getattr(net, "freeze_base", True) is False:
             raise ConfigError("feature caching needs a frozen base (freeze_base=True): "
@@ -139,7 +147,7 @@ class FeatureCache:
         except TypeError:
             raise ConfigError("FeatureCache needs a loader over a sized (map-style) dataset") from None
         self.net, self.stage, self.source_loader = net, stage, loader
-        self.dataset_id = dataset_id
+        self.dataset_id, self.dtype = dataset_id, dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_memory_bytes, self.persist, self.verify = int(max_memory_bytes), persist, verify
         self.device = torch.device(device) if device is not None else next(net.base.parameters()).device
@@ -148,8 +156,8 @@ class FeatureCache:
         self.computed = False
         self.key: str | None = None
         if self.cache_dir is not None:
-            self.key = cache_key(base_fingerprint(net.base), stage, dataset_id)
-            self.path = self.cache_dir / f"{self.key}{SUFFIX}"
+            self.key = cache_key(base_fingerprint(net.base), stage, dataset_id, str(dtype).removeprefix("torch."))
+            self.path = self.cache_dir / self.key
             if self._try_load():
                 self.dataset = FeatureDataset(self.features, self.labels)
                 return
@@ -204,136 +212,183 @@ class FeatureCache:
                 f = self.net.base_features(x.to(self.device, non_blocking=non_blocking), upto=self.stage)
                 yield f.cpu(), torch.as_tensor(y, dtype=torch.long).cpu()
 
+    def _stored(self, f: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``f`` as stored; float16 that would overflow raises :class:`_Overflow`."""
+        out = f.to(dtype)
+        if dtype == torch.float16 and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(f).all()):
+            raise _Overflow
+        return out
+
     def _compute(self) -> None:
-        """One pass of the prefix over the loader, into memory or straight into a file."""
+        """One pass of the prefix over the loader, into memory or straight into files."""
         self.computed = True
+        try:
+            self._compute_as(self.dtype)
+        except _Overflow:
+            log.warning("feature cache: prefix values overflow float16; storing float32 instead")
+            self._compute_as(torch.float32)
+
+    def _compute_as(self, wanted: torch.dtype | None) -> None:
         batches = self._batches()
         try:
             f0, y0 = next(batches)
         except StopIteration:
             raise ConfigError("FeatureCache: the loader is empty") from None
-        row_bytes = f0[0].numel() * f0.element_size()
-        total = row_bytes * self.n
+        dtype = _storage_dtype(f0.dtype, wanted)
+        total = f0[0].numel() * torch.empty((), dtype=dtype).element_size() * self.n
         to_disk = self.cache_dir is not None and (self.persist or total > self.max_memory_bytes)
         if self.cache_dir is None and total > self.max_memory_bytes:
             log.warning("feature cache of %.1f MB exceeds max_memory_bytes but no cache_dir was given: "
                         "keeping it in memory", total / 1e6)
         if to_disk:
-            self._write(f0, y0, batches)
-            if not self._try_load(check_hash=False):  # just written: its hash is known to match
+            self._write(f0, y0, batches, dtype)
+            if not self._try_load(check_hash=False):  # just written: its checksums are known to match
                 raise RuntimeError(f"feature cache {self.path} unreadable right after writing it")
             return
         # preallocate: no second full-size copy from concatenating a list of batches
-        features = torch.empty((self.n, *f0.shape[1:]), dtype=f0.dtype)
+        features = torch.empty((self.n, *f0.shape[1:]), dtype=dtype)
         labels = torch.empty(self.n, dtype=torch.long)
         i = 0
-        for f, y in self._chain(f0, y0, batches):
+        for f, y in _chain(f0, y0, batches):
             if i + len(f) > self.n:
                 raise ConfigError(f"the loader gave more than len(dataset)={self.n} samples")
-            features[i:i + len(f)] = f
+            features[i:i + len(f)] = self._stored(f, dtype)
             labels[i:i + len(f)] = y
             i += len(f)
         if i != self.n:
             raise ConfigError(f"the loader gave {i} samples but len(dataset)={self.n} (drop_last?)")
         self.features, self.labels = features, labels
 
-    @staticmethod
-    def _chain(f0: torch.Tensor, y0: torch.Tensor, rest: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield f0, y0
-        yield from rest
-
-    def _write(self, f0: torch.Tensor, y0: torch.Tensor, batches: Iterator) -> None:
-        """Stream features into a temp file, then fill in labels and header; rename into place."""
-        assert self.path is not None
-        feature_digest = hashlib.sha256()
-        labels: list[torch.Tensor] = []
+    def _write(self, f0: torch.Tensor, y0: torch.Tensor, batches: Iterator, dtype: torch.dtype) -> None:
+        """Stream features and labels into a new entry; it becomes visible only when complete."""
+        assert self.cache_dir is not None and self.key is not None
+        meta = {"format": FORMAT, "dataset_id": self.dataset_id, "stage": self.stage, "n": self.n,
+                "dtype": str(dtype).removeprefix("torch.")}
         n = 0
-        label_bytes = self.n * 8
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as fh:
-                # placeholders for header and labels: both are final only once every batch is seen
-                fh.write(b"\0" * (HEADER_BYTES + label_bytes))
-                for f, y in self._chain(f0, y0, batches):
-                    if n + len(f) > self.n:
-                        raise ConfigError(f"the loader gave more than len(dataset)={self.n} samples")
-                    data = _as_bytes(f)
-                    fh.write(data)
-                    feature_digest.update(data)
-                    labels.append(y)
-                    n += len(f)
-                if n != self.n:
-                    raise ConfigError(f"the loader gave {n} samples but len(dataset)={self.n} (drop_last?)")
-                label_data = _as_bytes(torch.cat(labels))
-                header = {
-                    "format": FORMAT,
-                    "key": self.key,
-                    "dataset_id": self.dataset_id,
-                    "stage": self.stage,
-                    "n": n,
-                    "shape": list(f0.shape[1:]),
-                    "dtype": _dtype_name(f0.dtype),
-                    "feature_bytes": n * f0[0].numel() * f0.element_size(),
-                    "label_bytes": label_bytes,
-                    "sha256_features": feature_digest.hexdigest(),
-                    "sha256_labels": hashlib.sha256(label_data).hexdigest(),
-                }
-                fh.seek(0)
-                fh.write(self._header_bytes(header))
-                fh.write(label_data)
-                fh.flush()
-                os.fsync(fh.fileno())  # the data must be on disk before the rename makes it visible
-
-    @staticmethod
-    def _header_bytes(header: dict) -> bytes:
-        blob = MAGIC + json.dumps(header, sort_keys=True).encode()
-        if len(blob) > HEADER_BYTES:
-            raise ConfigError("feature cache header too long (dataset_id over ~3.5 kB?)")
-        return blob.ljust(HEADER_BYTES, b" ")
+        with EntryWriter(self.cache_dir, self.key, meta) as w:
+            w.create("features", (self.n, *f0.shape[1:]), torch.empty((), dtype=dtype).numpy().dtype)
+            w.create("labels", (self.n,), np.int64)
+            for f, y in _chain(f0, y0, batches):
+                if n + len(f) > self.n:
+                    raise ConfigError(f"the loader gave more than len(dataset)={self.n} samples")
+                w.append("features", self._stored(f, dtype).numpy())
+                w.append("labels", y.numpy())
+                n += len(f)
+            if n != self.n:
+                raise ConfigError(f"the loader gave {n} samples but len(dataset)={self.n} (drop_last?)")
+            w.commit()
 
     # ------------------------------------------------------------------ load
-    def _read_header(self) -> dict:
-        assert self.path is not None
-        with open(self.path, "rb") as fh:
-            raw = fh.read(HEADER_BYTES)
-        if len(raw) < HEADER_BYTES or not raw.startswith(MAGIC):
-            raise ValueError("missing or foreign header")
-        header = json.loads(raw[len(MAGIC):].decode())
-        if header.get("format") != FORMAT or header.get("key") != self.key:
-            raise ValueError(f"format/key mismatch ({header.get('format')!r})")
-        return header
-
     def _try_load(self, check_hash: bool | None = None) -> bool:
         """Open ``self.path`` if it is a complete cache for this key and data; else False."""
-        assert self.path is not None
-        if not self.path.is_file():
-            return False
+        assert self.cache_dir is not None and self.key is not None
+        verify = self.verify if check_hash is None else check_hash
         try:
-            header = self._read_header()
-            n, shape, dtype = int(header["n"]), [int(s) for s in header["shape"]], _dtype_from_name(header["dtype"])
-            fbytes, lbytes = int(header["feature_bytes"]), int(header["label_bytes"])
-            elem = torch.empty((), dtype=dtype).element_size()
-            if n != self.n:
-                raise ValueError(f"{n} rows but the dataset has {self.n} samples")
-            if fbytes != n * int(np.prod(shape)) * elem or lbytes != n * 8:
-                raise ValueError("inconsistent sizes in header")
-            size = self.path.stat().st_size
-            if size != HEADER_BYTES + fbytes + lbytes:
-                raise ValueError(f"file is {size} bytes, header says {HEADER_BYTES + fbytes + lbytes} (truncated?)")
-            # copy-on-write: torch wants a writable array; nothing is ever written back to the file
-            raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=(lbytes + fbytes,))
-            if self.verify if check_hash is None else check_hash:
-                if (hashlib.sha256(raw[lbytes:]).hexdigest() != header["sha256_features"]
-                        or hashlib.sha256(raw[:lbytes]).hexdigest() != header["sha256_labels"]):
-                    raise ValueError("checksum mismatch (corrupt file)")
-            data = torch.from_numpy(raw)
-            labels = data[:lbytes].view(torch.long)
-            features = data[lbytes:].view(dtype).view(n, *shape)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            log.warning("feature cache %s is unusable (%s): recomputing it", self.path, e)
+            # copy-on-write mapping: torch wants a writable array; nothing is ever written back
+            arrays, _ = open_entry(self.cache_dir, self.key, {"format": FORMAT, "n": self.n}, verify, mode="c")
+            features, labels = torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"])
+        except EntryError as e:
+            if str(e) != "absent":
+                log.warning("feature cache %s is unusable (%s): recomputing it", self.path, e)
+                discard(self.cache_dir, self.key)
             return False
-        if fbytes <= self.max_memory_bytes:
+        if features.numel() * features.element_size() <= self.max_memory_bytes:
             features, labels = features.clone(), labels.clone()  # fits: read it in once, drop the mapping
         else:
             self.memmapped = True
         self.features, self.labels = features, labels
         return True
+
+
+class _Overflow(Exception):
+    """Prefix values beyond float16's range."""
+
+
+def _chain(f0: torch.Tensor, y0: torch.Tensor, rest: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    yield f0, y0
+    yield from rest
+
+
+# ---------------------------------------------------------------------- cache_features=auto
+def storage_dtype(trainer: Mapping[str, Any] | None) -> torch.dtype | None:
+    """The cache's ``dtype`` for a run with these Trainer settings: float16 under 16-bit precision
+    (``bf16-mixed``, ``16-mixed``...), else ``None`` (as computed: exact for 32-bit training)."""
+    precision = str((trainer or {}).get("precision", "32-true"))
+    return torch.float16 if precision.startswith(("16", "bf16")) else None
+
+
+def feature_cache_bytes(net: DeltaNetwork, stage: int, n: int, example: torch.Tensor,
+                        dtype: torch.dtype = DEFAULT_DTYPE) -> int:
+    """Bytes a feature cache of ``n`` samples would take (features and labels): one ``example``
+    input (``[C, H, W]``, as the loader gives it) through the prefix gives the row shape."""
+    p = next(net.base.parameters())
+    with torch.no_grad():
+        row = net.base_features(example.unsqueeze(0).to(p.device, p.dtype), upto=stage)[0]
+    return n * (row.numel() * torch.empty((), dtype=dtype).element_size() + 8)
+
+
+def planned_passes(trainer: Mapping[str, Any] | None, n_batches: int) -> float:
+    """How many times a run with these Trainer settings goes over the whole training set
+    (``max_epochs`` × the share of ``limit_train_batches``; ``max_steps`` when it stops sooner)."""
+    trainer = trainer or {}
+    epochs = trainer.get("max_epochs")
+    epochs = math.inf if epochs is None or epochs < 0 else float(epochs)
+    limit = trainer.get("limit_train_batches")
+    if limit is None:
+        share = 1.0
+    elif isinstance(limit, float):
+        share = min(max(limit, 0.0), 1.0)
+    else:  # an int is a number of batches (Lightning's rule)
+        share = min(int(limit), n_batches) / max(n_batches, 1)
+    passes = epochs * share
+    steps = trainer.get("max_steps")
+    if steps is not None and steps >= 0:
+        passes = min(passes, steps / max(n_batches, 1))
+    return passes
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as a short figure for logs (``"3.21 GB"``, ``"412.0 MB"``)."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _free_bytes(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:  # the cache folder may not exist yet
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def auto_feature_cache(net: DeltaNetwork, stage: int, datamodule: Any, cache_dir: str | os.PathLike,
+                       trainer: Mapping[str, Any] | None = None,
+                       max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> bool:
+    """``cache_features=auto``: train from cached features when it pays, and say so in the log.
+
+    Yes when all hold: the training transforms are deterministic; the run goes over the training
+    set at least twice (building the cache costs about one pass of the prefix, and each pass from
+    the cache saves one); and the cache fits: in memory up to ``max_memory_bytes``, else on disk
+    using at most half of the free space under ``cache_dir``.
+    """
+    name = getattr(datamodule, "name", "dataset")
+    if not datamodule.deterministic_train_transform:
+        log.info("cache_features=auto: %s has random training transforms: training from images", name)
+        return False
+    train = datamodule.splits["train"]
+    n = len(train)
+    batches = max(math.ceil(n / datamodule.batch_size), 1)
+    passes = planned_passes(trainer, batches)
+    if passes < 2:
+        log.info("cache_features=auto: the run goes over %s's training set %.2f times; a cache pays off "
+                 "from 2: training from images", name, passes)
+        return False
+    size = feature_cache_bytes(net, stage, n, train[0][0], storage_dtype(trainer) or torch.float32)
+    where = "in memory"
+    if size > max_memory_bytes:
+        free = _free_bytes(Path(cache_dir))
+        if size > free / 2:
+            log.info("cache_features=auto: the cache would take %s, more than half of the %s free under %s: "
+                     "training from images", human_bytes(size), human_bytes(free), cache_dir)
+            return False
+        where = f"on disk under {cache_dir}"
+    log.info("cache_features=auto: training from cached stage-%d features of %s (%d samples, %s %s)",
+             stage, name, n, human_bytes(size), where)
+    return True

@@ -1,16 +1,19 @@
 """Feature cache: exact features, memory == memmap, reuse without recompute, corrupt files
-recomputed, and training from the cache matches training from images."""
+recomputed, fp16 storage within its rounding, sorted-index gathers, the cache_features=auto
+decision, and training from the cache matches training from images."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from deltapatch import ConfigError, DeltaNetwork, create_backbone
-from deltapatch.cache import HEADER_BYTES, FeatureCache, FeatureDataset
+from deltapatch.cache import FeatureCache, FeatureDataset
 
 N, BS = 20, 8  # 20 is not a multiple of 8: the last, short batch is covered too
+EXACT = {"dtype": None}  # stored as computed (float32): bit-exact comparisons
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ class StemCounter:
 
 
 def test_features_equal_base_features(net, data):
-    cache = FeatureCache.for_task(net, "t", plain_loader(data))
+    cache = FeatureCache.for_task(net, "t", plain_loader(data), **EXACT)
     assert cache.stage == net.tasks["t"].first_stage == 3
     assert not cache.memmapped and cache.path is None
     want = torch.cat([net.base_features(x, upto=3) for x, _ in plain_loader(data)])
@@ -57,28 +60,33 @@ def test_features_equal_base_features(net, data):
 
 def test_memmap_equals_memory_and_is_reused(net, data, tmp_path):
     counter = StemCounter(net)
-    mem = FeatureCache(net, 2, plain_loader(data))
+    mem = FeatureCache(net, 2, plain_loader(data), **EXACT)
     passes = counter.calls
     assert passes == -(-N // BS)
-    disk = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, max_memory_bytes=0)
-    assert disk.memmapped and disk.computed and disk.path.is_file()
+    disk = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path,
+                        max_memory_bytes=0, **EXACT)
+    assert disk.memmapped and disk.computed and (disk.path / "meta.json").is_file()
     assert counter.calls == 2 * passes
     assert torch.equal(disk.features, mem.features) and torch.equal(disk.labels, mem.labels)
-    assert list(tmp_path.iterdir()) == [disk.path]  # no temp file left behind
+    assert list(tmp_path.iterdir()) == [disk.path]  # no temp folder left behind
+    assert sorted(p.name for p in disk.path.iterdir()) == ["features.npy", "labels.npy", "meta.json"]
 
-    again = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, max_memory_bytes=0)
+    again = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path,
+                        max_memory_bytes=0, **EXACT)
     assert not again.computed and again.memmapped
     assert counter.calls == 2 * passes  # reused: not one more prefix pass
     assert torch.equal(again.features, mem.features) and torch.equal(again.labels, mem.labels)
 
     # a file small enough for memory is read into RAM on reuse
-    small = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path)
+    small = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, **EXACT)
     assert not small.computed and not small.memmapped
     assert torch.equal(small.features, mem.features)
 
     # another stage, another dataset id, another base: different files
     other = FeatureCache(net, 3, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, persist=True)
     assert other.computed and other.path != disk.path
+    half = FeatureCache(net, 2, plain_loader(data), dataset_id="synthetic-20", cache_dir=tmp_path, persist=True)
+    assert half.computed and half.path != disk.path and half.features.dtype == torch.float16
     other_id = FeatureCache(net, 2, plain_loader(data), dataset_id="other", cache_dir=tmp_path, persist=True)
     assert other_id.computed and other_id.path != disk.path
     with torch.no_grad():
@@ -87,27 +95,73 @@ def test_memmap_equals_memory_and_is_reused(net, data, tmp_path):
     assert changed.computed and changed.path != disk.path
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "garbage_header", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "garbage_header", "empty", "no_manifest", "labels"])
 def test_corrupt_file_is_recomputed(net, data, tmp_path, damage):
     first = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
-    path, want = first.path, first.features.clone()
+    want = first.features.clone()
+    path = first.path / ("labels.npy" if damage == "labels" else "features.npy")
     raw = bytearray(path.read_bytes())
     if damage == "truncate":
         raw = raw[:-100]
-    elif damage == "flip_byte":
+    elif damage in ("flip_byte", "labels"):
         raw[-5] ^= 0xFF
     elif damage == "garbage_header":
-        raw[:HEADER_BYTES] = b"x" * HEADER_BYTES
-    else:
+        raw[:64] = b"x" * 64
+    elif damage == "empty":
         raw = b""
     path.write_bytes(bytes(raw))
+    if damage == "no_manifest":  # as if the writer died before committing (it never renames then)
+        (first.path / "meta.json").unlink()
     counter = StemCounter(net)
     again = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
     assert again.computed and counter.calls > 0
     assert torch.equal(again.features, want)
-    # and the rewritten file is good again
+    # and the rewritten entry is good again
     third = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, persist=True)
     assert not third.computed and torch.equal(third.features, want)
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # the bad copy is gone
+
+
+def test_fp16_storage_and_sorted_gather(net, data, tmp_path):
+    """fp16 rows are float32 features rounded once; batches come back in the order asked for."""
+    exact = FeatureCache(net, 3, plain_loader(data), **EXACT)
+    half = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, max_memory_bytes=0)
+    assert half.memmapped and half.features.dtype == torch.float16
+    assert np.load(half.path / "features.npy", mmap_mode="r").dtype == np.float16  # fp16 on disk too
+    assert half.nbytes * 2 == exact.nbytes
+    torch.testing.assert_close(half.features.float(), exact.features, rtol=1e-3, atol=1e-3)
+    idx = [17, 2, 9, 2, 0]  # unsorted, with a repeat
+    f, y = half.dataset[idx]
+    assert f.dtype == torch.float32
+    assert torch.equal(f, exact.features[idx].half().float()) and torch.equal(y, data.tensors[1][idx])
+
+
+def test_auto_feature_cache_decision(net, tmp_path, caplog):
+    """Yes only for deterministic transforms, at least two passes, and a size that fits."""
+    from types import SimpleNamespace
+
+    from deltapatch.cache import auto_feature_cache, feature_cache_bytes, planned_passes, storage_dtype
+
+    ds = TensorDataset(torch.randn(N, 3, 32, 32), torch.zeros(N, dtype=torch.long))
+    dm = SimpleNamespace(name="toy", deterministic_train_transform=True, splits={"train": ds}, batch_size=BS)
+    row = net.base_features(ds[0][0][None], upto=3)[0]
+    assert feature_cache_bytes(net, 3, N, ds[0][0]) == N * (row.numel() * 2 + 8)
+    assert storage_dtype({"precision": "bf16-mixed"}) == torch.float16
+    assert storage_dtype({"precision": "32-true"}) is None
+    assert planned_passes({"max_epochs": 3}, 10) == 3
+    assert planned_passes({"max_epochs": 6, "limit_train_batches": 2}, 10) == pytest.approx(1.2)
+    assert planned_passes({"max_epochs": 4, "limit_train_batches": 0.5}, 10) == 2
+    assert planned_passes({"max_epochs": -1, "max_steps": 25}, 10) == 2.5
+    with caplog.at_level("INFO", logger="deltapatch.cache"):
+        assert auto_feature_cache(net, 3, dm, tmp_path, {"max_epochs": 3})
+        assert "in memory" in caplog.text and f"{N} samples" in caplog.text
+        assert not auto_feature_cache(net, 3, dm, tmp_path, {"max_epochs": 1})
+        assert not auto_feature_cache(net, 3, dm, tmp_path, {"max_epochs": 5, "limit_train_batches": 1})
+        # too large for memory: goes to disk, which has room for a few kB
+        assert auto_feature_cache(net, 3, dm, tmp_path / "new", {"max_epochs": 3}, max_memory_bytes=0)
+        assert "on disk" in caplog.text
+        dm.deterministic_train_transform = False
+        assert not auto_feature_cache(net, 3, dm, tmp_path, {"max_epochs": 3})
 
 
 def test_dataset_size_change_is_not_reused(net, data, tmp_path):
@@ -132,7 +186,7 @@ def test_refuses_misuse(net, data):
 
 
 def test_loader_batches_match_shuffled_image_loader(net, data):
-    cache = FeatureCache.for_task(net, "t", plain_loader(data))
+    cache = FeatureCache.for_task(net, "t", plain_loader(data), **EXACT)
     img = DataLoader(data, batch_size=BS, shuffle=True, generator=torch.Generator().manual_seed(5))
     feat = cache.loader(BS, shuffle=True, generator=torch.Generator().manual_seed(5))
     for epoch in range(2):  # reshuffled each epoch, identically in both
@@ -148,7 +202,7 @@ def test_training_from_cache_matches_training_from_images(net, data, tmp_path, m
     """Same seed, same batches: losses and final logits agree to float tolerance."""
     net_img, net_feat = net, copy.deepcopy(net)
     kwargs = dict(dataset_id="d", cache_dir=tmp_path, max_memory_bytes=0) if memmap else {}
-    cache = FeatureCache.for_task(net_feat, "t", plain_loader(data), **kwargs)
+    cache = FeatureCache.for_task(net_feat, "t", plain_loader(data), **kwargs, **EXACT)
     assert cache.memmapped == memmap
 
     def run(model, batches, forward):
@@ -181,3 +235,17 @@ def test_training_from_cache_matches_training_from_images(net, data, tmp_path, m
         for (a_name, a), (b_name, b) in zip(net_img.tasks.state_dict().items(), net_feat.tasks.state_dict().items()):
             assert a_name == b_name
             torch.testing.assert_close(b.float(), a.float(), atol=1e-5, rtol=0)
+
+
+def test_runner_cache_features_auto(make_cfg, caplog):
+    """The runner asks auto_feature_cache (whose other answers the test above covers): a run of two
+    full epochs trains from cached features and says so with the size."""
+    from deltapatch.scenarios import run
+
+    with caplog.at_level("INFO", logger="deltapatch.cache"):
+        res = run(make_cfg("cache_features=auto", "+dataset.max_train_samples=64", "trainer.max_epochs=2",
+                           "trainer.limit_train_batches=null", "lambda_batches=0"))
+    # 32-bit training: exact float32 rows, 4 bytes a value (+ 8 a label) in the logged estimate
+    assert "training from cached stage-3 features of digits (64 samples" in caplog.text
+    assert f"{64 * (256 * 2 * 2 * 4 + 8) / 1e6:.1f} MB in memory" in caplog.text
+    assert res["tasks"]["patch"] is not None

@@ -32,6 +32,13 @@ def _classification(path: Path) -> bool:
 ALL_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml") if _classification(p))
 
 
+def load_yaml(name: str) -> DictConfig:
+    """``conf/dataset/<name>.yaml`` with its defaults list applied, as Hydra composes it."""
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    return OmegaConf.merge(*(cfg if d == "_self_" else OmegaConf.load(CONF / f"{d.split('@')[0]}.yaml")
+                             for d in cfg.pop("defaults", ["_self_"])))
+
+
 def compose(name: str, tmp_path: Path, **overrides) -> DictConfig:
     """``conf/dataset/<name>.yaml`` inside a minimal root config whose paths live under tmp_path."""
     root = OmegaConf.create({
@@ -39,7 +46,7 @@ def compose(name: str, tmp_path: Path, **overrides) -> DictConfig:
         "backbone": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "paths": {"root_dir": str(tmp_path), "data_dir": str(tmp_path / "data"),
                   "packs_dir": str(tmp_path / "packs"), "cache_dir": str(tmp_path / "cache")},
-        "dataset": OmegaConf.load(CONF / f"{name}.yaml"),
+        "dataset": load_yaml(name),
     })
     for key, value in overrides.items():
         OmegaConf.update(root, f"dataset.{key}", value, merge=False)

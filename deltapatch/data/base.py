@@ -17,6 +17,11 @@ from torchvision.transforms import v2 as T
 
 from ..errors import ConfigError
 
+# DataModule settings that change how images are served, never which images or what they look
+# like: caches keyed by a dataset's config (the trained base, the zsda vanilla model) leave them out
+LOADER_ONLY_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "eval_batch_size",
+                    "image_cache", "image_cache_dir")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -134,6 +139,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     ``split_seed`` and disjoint from the rest, which stays the test split. ``sample_rate`` keeps a
     class-balanced, seeded fraction of the training split (transfer-learning tables).
     :attr:`split_info` says how the splits were made (results.json records it).
+
+    Loaders: ``num_workers``, ``pin_memory``, ``persistent_workers`` (default: when there are
+    workers) and ``prefetch_factor`` (default: torch's) go to every DataLoader. ``image_cache``:
+    serve every split from images decoded and resized once into ``image_cache_dir`` (see
+    :mod:`deltapatch.data.image_cache`, which also states the rule for ``image_cache_size``).
     """
 
     name: str = "dataset"
@@ -159,6 +169,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         val_from_test: float | None = None,
         split_seed: int = 0,
         name: str | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        image_cache: bool = False,
+        image_cache_dir: str | os.PathLike = "outputs/cache/images",
+        image_cache_size: int | None = None,
     ):
         super().__init__()
         if name is not None:
@@ -174,6 +189,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.max_train_samples = max_train_samples
         self.val_from_test, self.split_seed = val_from_test, split_seed
         self.split_info: dict[str, Any] = {}
+        self.persistent_workers, self.prefetch_factor = persistent_workers, prefetch_factor
+        self.image_cache, self.image_cache_size = bool(image_cache), image_cache_size
+        self.image_cache_dir = Path(os.path.expanduser(str(image_cache_dir)))
         self.all_class_names: list[str] = []
         self.splits: dict[str, TaskDataset] = {}
 
@@ -287,23 +305,37 @@ class ClassificationDataModule(pl.LightningDataModule):
         return idx
 
     # ------------------------------------------------------------ loaders
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The DataLoader settings every split's loader gets."""
+        workers = self.num_workers > 0
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+            "persistent_workers": workers if self.persistent_workers is None else self.persistent_workers and workers,
+        }
+        if workers and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         data = self.splits[split]
         sampler = EpochSampler(data, self.seed) if shuffle else ShardSampler(data)
-        return DataLoader(
-            data,
+        common = dict(
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
             # a last training batch of a few images gives BatchNorm nonsense statistics (and a
             # misleading last loss): drop it, unless that would leave no batch at all
             drop_last=shuffle and len(sampler) >= self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
             # a fixed generator: iterating a loader then draws nothing from the global RNG
             generator=torch.Generator().manual_seed(self.seed),
+            **self.loader_kwargs(),
         )
+        if self.image_cache:  # the same batches, from pixels decoded once (data/image_cache.py)
+            from . import image_cache as ic
+
+            return ic.ImageCacheLoader(ic.cached_split(self, split), plan=ic.plan_of(self), train=split == "train",
+                                       seed=self.seed, device=ic.batch_device(self), **common)
+        return DataLoader(data, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

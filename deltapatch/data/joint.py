@@ -28,7 +28,9 @@ class JointDataModule(ClassificationDataModule):
     def __init__(self, parts: dict[str, ClassificationDataModule]):
         first = next(iter(parts.values()))
         super().__init__(batch_size=first.batch_size, eval_batch_size=first.eval_batch_size,
-                         num_workers=first.num_workers, pin_memory=first.pin_memory, seed=first.seed)
+                         num_workers=first.num_workers, pin_memory=first.pin_memory, seed=first.seed,
+                         persistent_workers=first.persistent_workers, prefetch_factor=first.prefetch_factor,
+                         image_cache=first.image_cache)  # the image cache: each part's own, concatenated
         self.parts = parts
         self.offsets: dict[str, int] = {}
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..backbones import get_adapter
-from ..data.base import ClassificationDataModule
+from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..patch import base_fingerprint
@@ -104,7 +104,7 @@ class UniformPriorTaskModule(TaskModule):
 def vanilla_cache_key(cfg: DictConfig) -> str:
     """Hash of what shapes the vanilla model (the run seed is not part of it: ``base.seed`` is)."""
     data = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for k in ("num_workers", "pin_memory", "eval_batch_size", "seed"):
+    for k in (*LOADER_ONLY_KEYS, "seed"):
         data.pop(k, None)
     up = cfg.scenario.uniform_prior
     key = {"backbone": cfg.backbone.name, "init": cfg.base.source, "data": data, "epochs": cfg.base.epochs,

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoint import atomic_path, read_state_dict, write_json
-from ..data.base import ClassificationDataModule
+from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import CheckpointError, ConfigError
 from .module import BaseModule
 from .trainer import make_trainer
@@ -55,7 +55,7 @@ def base_cache_key(cfg: DictConfig) -> str:
     """Hash of what determines a trained base: architecture, data, classes, recipe and seed."""
     b = cfg.base
     data = OmegaConf.to_container(b.get("dataset") or cfg.dataset, resolve=True)
-    for k in ("num_workers", "pin_memory", "eval_batch_size"):  # do not change the weights
+    for k in LOADER_ONLY_KEYS:  # do not change the weights
         data.pop(k, None)
     data.pop("seed", None)  # the run seed varies patches, not the base: base.seed fixes it
     key = {
