@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset  # noqa: E402
 
-from deltapatch.cli import quote_numeric_groups  # noqa: E402
+import deltapatch.cli  # noqa: E402,F401  (numeric group choices: n_deltas=4)
 from deltapatch.training.module import TaskModule, make_task_module  # noqa: E402
 
 # the Lightning package the project's modules are built on (one Trainer class must drive them)
@@ -105,7 +105,7 @@ def compose_cfg(args: argparse.Namespace, method: str, n: int, out: str):
     overrides = [f"backbone={args.backbone}", f"method={method}", f"n_deltas={n}", f"paths.output_dir={out}",
                  f"channels_last={str(args.channels_last).lower()}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=quote_numeric_groups(overrides))
+        return compose("config", overrides=overrides)
 
 
 def measure(args: argparse.Namespace, name: str, data: TensorDataset, out: str) -> dict:
