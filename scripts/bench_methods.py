@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
 import os
 import platform
@@ -35,8 +34,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset  # noqa: E
 import deltapatch.cli  # noqa: E402,F401  (numeric group choices: n_deltas=4)
 from deltapatch.training.module import TaskModule, make_task_module  # noqa: E402
 
-# the Lightning package the project's modules are built on (one Trainer class must drive them)
-pl = importlib.import_module(TaskModule.__mro__[1].__module__.split(".")[0])
+import pytorch_lightning as pl  # noqa: E402
 
 METHODS = {"fc": ("fc", 1), "delta1": ("delta", 1), "delta4": ("delta", 4), "finetune": ("finetune", 1),
            "paint": ("paint", 1)}
@@ -153,8 +151,19 @@ def alpha_sweep_seconds(method, data: TensorDataset, args: argparse.Namespace) -
             for task in (None, "t"):
                 out["base" if task is None else task] = float(m(x, task).float().mean())
         return out
+    class Scorer:  # the α sweep's model changes and scoring, without Lightning's loop overhead
+        def score(self, split):
+            return evaluate(method)
+
+        def sweep(self, split, variants):
+            out = []
+            for apply in variants:
+                apply()
+                out.append(evaluate(method))
+            return out
+
     t0 = time.perf_counter()
-    method.end_task("t", evaluate, evaluate)
+    method.end_task("t", Scorer())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0

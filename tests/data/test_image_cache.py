@@ -3,7 +3,6 @@ the JPEG epoch's accuracy, batched crops/flips equal torchvision's per image, co
 rebuilt, and transforms the cache cannot reproduce are refused."""
 from __future__ import annotations
 
-import importlib
 import logging
 
 import numpy as np
@@ -20,7 +19,7 @@ from deltapatch.data.base import ClassificationDataModule
 from deltapatch.errors import ConfigError
 
 # the Lightning package the datamodules are built on (a Trainer of the other one refuses them)
-pl = importlib.import_module(ClassificationDataModule.__mro__[1].__module__.split(".")[0])
+import pytorch_lightning as pl  # noqa: E402
 SIZE = 24
 
 
