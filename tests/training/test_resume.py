@@ -208,15 +208,20 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def test_disk_full_leaves_no_truncated_file(tiny_disk, tmp_path, monkeypatch):
-    folder = tiny_disk or tmp_path / "mocked"
+@pytest.mark.parametrize("how", ["tmpfs", "mocked"])
+def test_disk_full_leaves_no_truncated_file(tiny_disk, tmp_path, monkeypatch, how):
+    """Item 3: Lightning wrote in /tmp and copied, so a full disk left a truncated last.ckpt under
+    its final name. Here the old checkpoint stays intact, no temp file is left, one line is raised."""
+    if how == "tmpfs" and tiny_disk is None:
+        pytest.skip("no small tmpfs here (not root, or mount refused): the mocked case covers it")
+    folder = tiny_disk if how == "tmpfs" else tmp_path / "mocked"
     folder.mkdir(exist_ok=True)
     path = folder / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"state_dict": {"w": torch.ones(10)}, "loops": {}}, path)
     old = path.read_bytes()
     big = {"state_dict": {"w": torch.randn(200_000)}, "loops": {}}  # 800 KB: more than the disk holds
-    if tiny_disk is None:  # no tmpfs: the write fails as a full disk fails it
+    if how == "mocked":  # the write fails part-way, as on a full disk
         import deltapatch.checkpoint as checkpoint
 
         real_open = open
@@ -236,12 +241,29 @@ def test_disk_full_leaves_no_truncated_file(tiny_disk, tmp_path, monkeypatch):
                 self.f.close()
 
         monkeypatch.setattr(checkpoint, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
-                            if "b" in mode else real_open(p, mode, *a, **k), raising=False)
+                            if mode == "wb" else real_open(p, mode, *a, **k), raising=False)
     with pytest.raises(ResourceError, match="no space left on the file system of"):
         io.save_checkpoint(big, path)
     assert path.read_bytes() == old and check_file(path) is None  # the old checkpoint, intact
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.sha256.json"]  # no temp file
-    if tiny_disk is not None:
+    if how == "tmpfs":
         with pytest.raises(ResourceError):
             write_json(folder / "results.json", {"x": "y" * 400_000})
         assert not (folder / "results.json").exists()
+
+
+# ---------------------------------------------------------------- loggers append
+def test_csv_logger_appends(tmp_path):
+    """Lightning's CSV writer deletes an existing metrics.csv when created: on resume, in a
+    ddp_spawn child, or for a second trainer of a run. This one appends (new columns included)."""
+    from deltapatch.training.loggers import AppendingCSVLogger
+
+    first = AppendingCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    first.log_metrics({"a": 1.0}, step=0)
+    first.save()
+    second = AppendingCSVLogger(save_dir=str(tmp_path), name="csv", version="")  # as after a restart
+    second.log_metrics({"a": 2.0}, step=1)
+    second.log_metrics({"b": 3.0}, step=2)
+    second.save()
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert [(r["step"], r["a"], r["b"]) for r in rows] == [("0", "1.0", ""), ("1", "2.0", ""), ("2", "", "3.0")]
