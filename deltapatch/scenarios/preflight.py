@@ -20,7 +20,7 @@ from ..data.base import ClassificationDataModule
 from ..data.files import FileDataModule
 from ..data.joint import JointDataModule
 from ..errors import ConfigError, DeltaPatchError
-from ..training.base_model import base_datamodule
+from ..training.base_model import base_cache_key, base_datamodule
 from .common import build_tasks
 from .validation import validate_config
 
@@ -48,10 +48,21 @@ def writable_paths(cfg: DictConfig) -> list[tuple[str, Path]]:
     out = [("paths.output_dir", Path(cfg.paths.output_dir))]
     source = cfg.base.get("source")
     if source == "train" or (cfg.scenario.get("name") == "zsda" and source != "checkpoint"):
-        out.append(("base.cache_dir", Path(cfg.base.cache_dir)))
+        if not _cached_base_exists(cfg):  # a read-only cache that holds the base is fine
+            out.append(("base.cache_dir", Path(cfg.base.cache_dir)))
     if cfg.get("cache_features"):
         out.append(("paths.cache_dir", Path(cfg.paths.cache_dir) / "features"))
     return out
+
+
+def _cached_base_exists(cfg: DictConfig) -> bool:
+    """Whether the base model a classification run trains is in the cache already."""
+    if cfg.scenario.get("name") not in CLASSIFICATION or cfg.base.get("source") != "train":
+        return False
+    try:
+        return (Path(cfg.base.cache_dir) / f"{cfg.backbone.name}-{base_cache_key(cfg)}.safetensors").is_file()
+    except Exception:  # a key that cannot be computed: check the folder as usual
+        return False
 
 
 def not_writable(key: str, path: Path) -> str | None:

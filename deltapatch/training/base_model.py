@@ -149,14 +149,20 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
 @contextmanager
 def _builder_lock(path: Path) -> Iterator[None]:
     """Hold ``<path>.lock`` (created with the umask's mode, so colleagues can take it too); say so
-    when another run holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    when another run holds it. In a cache this process may only read, an existing entry is read
+    without the lock."""
     lock = FileLock(f"{path}.lock")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(blocking=False)
     except Timeout:
         log.info("waiting for another run building %s (lock %s.lock)", path.name, path)
         lock.acquire()
+    except OSError:
+        if not path.exists():
+            raise
+        yield  # a cache we may only read: nothing will be built, so nothing to wait for
+        return
     try:
         yield
     finally:

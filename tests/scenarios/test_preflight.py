@@ -154,3 +154,30 @@ def test_missing_data_is_found_before_training(make_cfg, no_training, tmp_path):
     with pytest.raises(ConfigError, match=str(tmp_path / "nowhere")):
         run(make_cfg("dataset=image_folder", f"dataset.data_dir={tmp_path / 'nowhere'}"))
 
+
+
+def test_read_only_cache_holding_the_base_is_used(make_cfg, tmp_path):
+    """A cache a colleague built and others may only read: nothing needs writing there, so the
+    run goes on (no lock taken: nothing will be built)."""
+    from deltapatch.training.base_model import obtain_base
+
+    cache = tmp_path / "cache"
+    obtain_base(make_cfg(f"paths.cache_dir={cache}"))
+    view = tmp_path / "view"
+    view.mkdir()
+    if os.geteuid() == 0:
+        if shutil.which("mount") is None or subprocess.run(["mount", "--bind", str(cache), str(view)]).returncode or \
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(view)]).returncode:
+            pytest.skip("root without mount: cannot make a folder read-only")
+    else:
+        view.rmdir()
+        shutil.copytree(cache, view)
+        for p in view.rglob("*"):
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        view.chmod(0o555)
+    try:
+        res = run(make_cfg(f"paths.cache_dir={view}"))
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(view)], capture_output=True)
+    assert res["tasks"]["patch"] >= 0
