@@ -134,8 +134,14 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise one :class:`ConfigError` line listing every unusable value of ``cfg``."""
-    problems = config_problems(cfg)
+    """Raise one :class:`ConfigError` line listing every unusable value of ``cfg`` (or saying
+    which interpolation cannot be resolved)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        problems = config_problems(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"the config cannot be resolved: {str(e).strip().splitlines()[0]}") from None
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -181,3 +181,16 @@ def test_read_only_cache_holding_the_base_is_used(make_cfg, tmp_path):
         if os.geteuid() == 0:
             subprocess.run(["umount", str(view)], capture_output=True)
     assert res["tasks"]["patch"] >= 0
+
+
+def test_the_experiment_presets_pass():
+    from hydra import compose, initialize_config_dir
+    from helpers import CONF
+
+    presets = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for folder in ("", "mini", "dense")
+                     for p in (CONF / "experiment" / folder).glob("*.yaml"))
+    assert len(presets) > 20
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in presets:
+            cfg = compose("config", overrides=[f"experiment={name}", "paths.output_dir=/tmp/unused"])
+            assert config_problems(cfg) == [], name
