@@ -22,9 +22,11 @@ IGNORED: tuple[str, ...] = (
     "hydra", "resume",
     "paths.root_dir", "paths.output_dir", "paths.cache_dir", "paths.log_dir", "base.cache_dir",
     "logger", "wandb_offline",
-    "callbacks.model_checkpoint", "callbacks.rich_progress_bar", "checkpoint_every_n_steps",
+    "callbacks.model_checkpoint", "callbacks.rich_progress_bar", "callbacks.progress_bar", "checkpoint_every_n_steps",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "*.num_workers", "*.pin_memory", "*.persistent_workers",
+    # data-loader workers and prefetching (with augmentation in worker processes, the worker count
+    # changes which random crops are drawn; the default digits/∆ recipes draw none)
+    "loader", "*.num_workers", "*.pin_memory", "*.persistent_workers", "*.prefetch_factor",
 )
 
 
