@@ -9,6 +9,14 @@ class ConfigError(DeltaPatchError, ValueError):
     """A name, value or path in the configuration is wrong."""
 
 
+class UnsafeTargetError(ConfigError):
+    """A configuration read from disk (a run folder) names a ``_target_`` outside the allow-list."""
+
+
+class ResumeError(ConfigError):
+    """A run folder holds a run started with another configuration (``resume=force`` overrides)."""
+
+
 class PatchError(DeltaPatchError, ValueError):
     """A patch file is corrupt, or does not fit the network it is loaded onto."""
 

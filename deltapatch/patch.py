@@ -1,9 +1,10 @@
 """Patch files: one task's ∆-modules and head as safetensors, with metadata that ties the patch
-to the exact base model it was trained on. Loading never unpickles."""
+to the exact base model it was trained on and a SHA-256 of its own tensors, checked on load (a
+patch whose bytes changed on disk is refused, not scored). Loading never unpickles."""
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -12,21 +13,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, tensors_sha256
 from .delta.network import DeltaNetwork, TaskSpec
 from .errors import PatchError
 
 FORMAT = "deltapatch/1"
+log = logging.getLogger(__name__)
 
 
 def base_fingerprint(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer of ``model`` (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return tensors_sha256(model.state_dict())
 
 
 def save_patch(net: DeltaNetwork, task: str, path: str | os.PathLike, config: dict | None = None) -> Path:
@@ -45,6 +42,7 @@ def save_patch(net: DeltaNetwork, task: str, path: str | os.PathLike, config: di
         "spec": json.dumps(spec.to_dict()),
         "base_fingerprint": base_fingerprint(net.base),
         "config": json.dumps(config or {}, default=str),
+        "tensors_sha256": tensors_sha256(tensors),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -67,21 +65,19 @@ def read_patch_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def load_patch(net: DeltaNetwork, path: str | os.PathLike, task: str | None = None, check_base: bool = True) -> str:
+def load_patch(net: DeltaNetwork, path: str | os.PathLike, task: str | None = None, check_base: bool = True,
+               verify: bool = True) -> str:
     """Add the task stored in ``path`` to ``net`` (under ``task`` or its saved name); return its name.
 
-    Refused with :class:`PatchError` when the file is corrupt, made for another backbone, or made
-    for a base model whose weights differ (fingerprint mismatch).
+    Refused with :class:`PatchError` when the file is corrupt (unreadable, or, with ``verify``, its
+    tensors no longer match the SHA-256 recorded when it was saved), made for another backbone, or
+    made for a base model whose weights differ (fingerprint mismatch). ``verify=False`` skips the
+    tensor hash (a few ms per MB) for trusted files.
     """
     meta = read_patch_metadata(path)
     if meta["backbone"] != net.backbone_name:
         raise PatchError(
             f"patch {path} was made for backbone '{meta['backbone']}', this network is '{net.backbone_name}'"
-        )
-    if check_base and meta["base_fingerprint"] != base_fingerprint(net.base):
-        raise PatchError(
-            f"patch {path} was made for another base model (fingerprint {meta['base_fingerprint'][:12]}…, "
-            f"this base {base_fingerprint(net.base)[:12]}…); load it onto the base it was trained on"
         )
     try:
         from safetensors.torch import load_file
@@ -89,6 +85,13 @@ def load_patch(net: DeltaNetwork, path: str | os.PathLike, task: str | None = No
         state = load_file(str(path))
     except Exception as e:
         raise PatchError(f"cannot read patch {path}: corrupt or truncated safetensors file ({e})") from None
+    if verify:
+        check_patch_tensors(path, meta, state)
+    if check_base and meta["base_fingerprint"] != base_fingerprint(net.base):
+        raise PatchError(
+            f"patch {path} was made for another base model (fingerprint {meta['base_fingerprint'][:12]}…, "
+            f"this base {base_fingerprint(net.base)[:12]}…); load it onto the base it was trained on"
+        )
     spec = TaskSpec(**json.loads(meta["spec"]))
     name = task or meta["task"]
     kwargs = {k: v for k, v in spec.to_dict().items() if k not in ("num_classes", "class_names")}
@@ -99,3 +102,16 @@ def load_patch(net: DeltaNetwork, path: str | os.PathLike, task: str | None = No
         net.remove_task(name)
         raise PatchError(f"patch {path} does not fit this network: {str(e).splitlines()[0]}") from None
     return name
+
+
+def check_patch_tensors(path: str | os.PathLike, meta: dict[str, str], state: dict[str, torch.Tensor]) -> None:
+    """Refuse a patch whose tensors differ from the SHA-256 in its metadata. Patches written before
+    the hash existed carry none and are accepted with a warning."""
+    recorded = meta.get("tensors_sha256")
+    if recorded is None:
+        log.warning("patch %s carries no tensor checksum (written by an older version); "
+                                            "loading it unverified", path)
+        return
+    if tensors_sha256(state) != recorded:
+        raise PatchError(f"patch {path} is corrupt: its tensors do not match the SHA-256 recorded when it was "
+                         f"saved ({recorded[:12]}…); copy it again from where it was made")

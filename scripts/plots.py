@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = guarded(runs_for_command, args.runs)
     out = args.out or args.runs / "report" / "plots"
-    paths = make_plots(runs, out, metric=args.metric, lambdas=args.lambdas, max_batches=args.max_batches)
+    paths = guarded(make_plots, runs, out, metric=args.metric, lambdas=args.lambdas, max_batches=args.max_batches)
     for p in paths:
         print(p)
     print(f"{len(runs)} runs -> {len(paths)} PNG files in {out}", file=sys.stderr)

@@ -1,13 +1,12 @@
-"""Reliability: resume after a kill, determinism, safe loading, one-line errors for bad input."""
+"""Reliability: determinism, safe loading, one-line errors for bad input. Resume after a kill is in
+tests/training/test_resume.py, the checks before a run in tests/scenarios/test_preflight.py."""
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,39 +30,13 @@ def metrics(res: dict) -> dict:
     return {k: res.get(k) for k in METRICS}
 
 
-# ---------------------------------------------------------------- determinism and resume
+# ---------------------------------------------------------------- determinism
 def test_same_seed_same_numbers(make_cfg, tmp_path):
     a = run(make_cfg())
     b = run(make_cfg("paths.output_dir=" + str(tmp_path / "second")))
     assert metrics(a) == metrics(b)
     c = run(make_cfg("seed=3", "paths.output_dir=" + str(tmp_path / "third")))
     assert c["tasks"] != a["tasks"] or c["val"] != a["val"]  # the seed does matter
-
-
-def test_resume_after_kill_matches_uninterrupted(tmp_path, base_cache):
-    common = ["-m", "deltapatch.train", f"paths.cache_dir={base_cache}", "scenario=sequential",
-              "trainer.max_epochs=4", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
-              "base.epochs=1", "dataset.batch_size=32"]
-    ref = tmp_path / "ref"
-    p = cli(*common, f"hydra.run.dir={ref}")
-    assert p.returncode == 0, p.stderr[-3000:]
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *common, f"hydra.run.dir={killed}"], cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = killed / "checkpoints" / "t78" / "last.ckpt"  # the 2nd task has finished an epoch
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert target.exists() and not (killed / "results.json").exists(), "the run was not killed mid-training"
-    assert list(json.loads((killed / "progress.json").read_text())["tasks"]) == ["t56"]
-
-    p = cli(*common, f"hydra.run.dir={killed}", "resume=true")
-    assert p.returncode == 0, p.stderr[-3000:]
-    resumed = json.loads((killed / "results.json").read_text())
-    assert metrics(resumed) == metrics(json.loads((ref / "results.json").read_text()))
 
 
 # ---------------------------------------------------------------- safe loading

@@ -42,7 +42,9 @@ def test_single_delta_results(make_cfg):
     # CSV logger got the callback's metrics
     rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
     assert any(r.get("val/hmean") for r in rows) and any(r.get("test/patch/acc") for r in rows)
-    assert (Path(cfg.paths.output_dir) / "checkpoints" / "patch" / "last.ckpt").exists()
+    # a finished task's last.ckpt gives way to its snapshot (tests/training/test_resume.py)
+    assert (Path(cfg.paths.output_dir) / "state" / "patch.safetensors").exists()
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "patch" / "last.ckpt").exists()
     # mean λ of the patch on its test split, for the λ heatmaps: ∆(1) on resnet18 has 3 skips
     lam = read_results(cfg)["lambdas"]["patch"]
     assert list(lam) == ["3"] and len(lam["3"]) == 3 and all(0 < v < 1 for v in lam["3"])
@@ -82,13 +84,13 @@ def test_baseline_methods(make_cfg, method):
         assert res["trainable_params"]["patch"] > 11_000_000
 
 
-def test_base_is_cached(make_cfg):
+def test_base_is_cached(make_cfg, tmp_path):
     cfg = make_cfg()
     path = __import__("pathlib").Path(cfg.paths.cache_dir) / "base" / f"resnet18-{base_cache_key(cfg)}.safetensors"
     run(cfg)
     assert path.exists()
     mtime = path.stat().st_mtime_ns
-    r1 = run(make_cfg("seed=1"))  # another seed patches the same base
+    r1 = run(make_cfg("seed=1", f"paths.output_dir={tmp_path / 'seed1'}"))  # another seed patches the same base
     assert path.stat().st_mtime_ns == mtime
     assert base_cache_key(make_cfg("seed=1")) == base_cache_key(cfg)
     assert base_cache_key(make_cfg("base.epochs=2")) != base_cache_key(cfg)

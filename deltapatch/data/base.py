@@ -239,6 +239,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         g = torch.Generator().manual_seed(self.seed)
         train_samples, train_labels = self.load_split("train")
+        if not self.all_class_names and not len(train_labels):
+            raise DatasetNotFoundError(f"{self.name}: no classes found under {self.data_dir} (no class folders "
+                                       f"or training images); put the data there or set dataset.data_dir")
         n_all = len(self.all_class_names) or (max(train_labels) + 1)
         if not self.all_class_names:
             self.all_class_names = [str(i) for i in range(n_all)]

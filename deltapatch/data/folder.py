@@ -52,6 +52,9 @@ class ImageFolderDataModule(FileDataModule):
                 self.train_missing = True
                 return ImageFiles([]), []
             raise self.missing(folder, f"put an ImageFolder tree there ({folder.name}/<class>/<image>)")
+        if not names:  # torchvision's make_dataset would fail with a ValueError about class_to_index
+            raise self.missing(folder, f"it holds no class folders: put an ImageFolder tree there "
+                                       f"({folder.name}/<class>/<image>)")
         extra = sorted({p.name for p in list_dirs(folder)} - set(names))
         if extra:
             raise ConfigError(f"{self.name}: {folder} has class folders the training classes lack: {extra[:5]}")

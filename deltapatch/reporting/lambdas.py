@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..allowlist import check_targets
 from ..errors import ReportError
 from ..training.evaluation import mean_lambdas
 
@@ -22,6 +23,8 @@ def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int 
     config there), its ``patches/`` and the base model it was patched on: the cache entry for
     ``base=train`` (never retrained unless ``allow_base_training``), hub weights for
     ``base=pretrained``. Paths in the config are resolved from the current directory, as in the run.
+    A config naming a ``_target_`` outside :mod:`deltapatch.allowlist` is refused before anything
+    is built (:class:`~deltapatch.errors.UnsafeTargetError`).
     """
     from omegaconf import OmegaConf
 
@@ -35,6 +38,8 @@ def lambdas_from_run(run_dir: str | Path, device: str = "cpu", max_batches: int 
     if not cfg_path.exists():
         raise ReportError(f"{run_dir}: no .hydra/config.yaml to rebuild the run from")
     cfg = OmegaConf.load(cfg_path)
+    # the folder may come from anyone: instantiate nothing outside the allow-list
+    check_targets(cfg, str(cfg_path))
     cfg.paths.output_dir = str(run_dir)  # the saved value refers to Hydra's runtime
     results = json.loads((run_dir / "results.json").read_text())
     if cfg.base.source == "train" and not allow_base_training:

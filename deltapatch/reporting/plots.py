@@ -224,6 +224,12 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, metric: str = "auto", l
     see :func:`deltapatch.reporting.lambdas.lambdas_from_run`); ``off`` = none.
     """
     out = Path(out_dir)
+    if lambdas == "rebuild":  # a folder that would run code is refused before any figure is written
+        from ..allowlist import check_targets
+
+        for r in runs:
+            if not r.results.get("lambdas") and r.n_deltas is not None and r.config is not None:
+                check_targets(r.config, str(r.path / ".hydra" / "config.yaml"))
     written: list[Path] = []
     for (experiment, scenario), rs in groups(runs).items():
         pts = params_points(rs, metric)
@@ -246,7 +252,7 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, metric: str = "auto", l
 
 
 def _lambda_plots(runs: Sequence[Run], out: Path, rebuild: bool, max_batches: int | None) -> list[Path]:
-    from ..errors import DeltaPatchError
+    from ..errors import DeltaPatchError, UnsafeTargetError
     from .lambdas import lambdas_from_run
 
     written = []
@@ -255,6 +261,8 @@ def _lambda_plots(runs: Sequence[Run], out: Path, rebuild: bool, max_batches: in
         if not lam and rebuild and r.n_deltas is not None:
             try:
                 lam = lambdas_from_run(r.path, max_batches=max_batches)
+            except UnsafeTargetError:  # a folder that tries to run code is an error, not a missing plot
+                raise
             except DeltaPatchError as e:  # e.g. finetune_delta: its patch needs its own changed backbone
                 log.warning("no λ for %s: %s", r.path, str(e).splitlines()[0])
                 continue

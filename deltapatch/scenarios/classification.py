@@ -38,6 +38,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.scenario.name not in SCENARIOS:
         raise ConfigError(f"unknown scenario '{cfg.scenario.name}'; choose one of {', '.join(SCENARIOS)}")
     seed(cfg.seed)
+    # first: a resume with another config is refused before anything trains
+    progress = RunProgress(Path(cfg.paths.output_dir), cfg.get("resume", "auto"), cfg)
     loggers = make_loggers(cfg)
     base = obtain_base(cfg, loggers)
     tasks = build_tasks(cfg)
@@ -62,7 +64,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results.update(base_acc_before=before, tasks={}, val={}, extra={}, class_names={})
     if base.datamodule is not None:
         results["base_split"] = base.datamodule.split_info
-    progress = RunProgress(Path(cfg.paths.output_dir), cfg.get("resume", "auto"))
+    if progress.summary() is not None:
+        results["resume"] = progress.summary()
     at_end_of_task: dict[str, float] = {}
     restore_from: str | None = None  # last finished task whose snapshot still has to be loaded
     seconds = 0.0

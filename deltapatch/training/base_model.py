@@ -5,19 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock, Timeout
 from pytorch_lightning.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_path, read_state_dict, write_json
+from ..checkpoint import atomic_path, read_state_dict, tensors_sha256, write_json
 from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import CheckpointError, ConfigError
 from .module import BaseModule
@@ -67,8 +70,7 @@ def base_cache_key(cfg: DictConfig) -> str:
     }
     # the run's trainer shapes the base too: recorded only when not the default, so that the
     # keys of plain single-process fp32 bases stay what they were
-    world = int(cfg.trainer.get("devices", 1) if str(cfg.trainer.get("devices", 1)).isdigit() else 1) \
-        * int(cfg.trainer.get("num_nodes", 1) or 1)
+    world = world_size(cfg)
     if world > 1:
         key["world_size"] = world
     if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32"):
@@ -119,6 +121,12 @@ def _trained_base(cfg: DictConfig, dm: ClassificationDataModule, loggers: list) 
     return BaseInfo(model, dm.num_classes, dm, cache_path=path)
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Processes the run's trainer starts (devices x nodes; 1 when devices is not a count)."""
+    devices = cfg.trainer.get("devices", 1)
+    return (int(devices) if str(devices).isdigit() else 1) * int(cfg.trainer.get("num_nodes", 1) or 1)
+
+
 def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Callable[[nn.Module], pl.LightningModule],
                  data: dict[str, Any], loggers: list | None = None, info: dict[str, Any] | None = None,
                  pretrained: bool = False, **trainer_overrides: Any) -> nn.Module:
@@ -126,17 +134,82 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
 
     A usable file at ``path`` is loaded; otherwise the model is built (random init, or hub weights
     with ``pretrained``), wrapped by ``make_module`` and fitted on ``data`` (``fit`` keywords) with
-    the run's trainer settings, saved by rank 0 (atomically, with ``info`` beside it as JSON) and
-    read back, so a run uses exactly what later runs read from the cache. A corrupt file is
-    rebuilt with a warning.
+    the run's trainer settings, saved by rank 0 (atomically, with a SHA-256 of its tensors in the
+    metadata and ``info`` beside it as JSON) and read back, so a run uses exactly what later runs
+    read from the cache. A truncated or corrupt entry is rebuilt with a warning.
+
+    Runs sharing a cache: a single-process run holds ``<path>.lock`` (``filelock``) while it looks
+    for the entry and builds it, so concurrent runs wait for one builder and then read its file.
+    Under DDP (world size > 1) every rank must train together, so no lock is taken there: start
+    DDP runs that need the same new base one after another (or build it first with one process).
     """
-    if path.exists():
-        try:
-            model = instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
-            log.info("model from cache %s", path)
+    with _builder_lock(path) if world_size(cfg) == 1 else nullcontext():
+        model = _load_cached(cfg, path, num_classes)
+        if model is not None:
             return model
-        except (CheckpointError, ConfigError) as e:  # a corrupt cache is rebuilt, not trusted
-            log.warning("ignoring unusable cached model %s: %s", path, e)
+        return _train_and_cache(cfg, path, num_classes, make_module, data, loggers, info, pretrained,
+                                **trainer_overrides)
+
+
+@contextmanager
+def _builder_lock(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` (created with the umask's mode, so colleagues can take it too); say so
+    when another run holds it. In a cache this process may only read, an existing entry is read
+    without the lock."""
+    lock = FileLock(f"{path}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("waiting for another run building %s (lock %s.lock)", path.name, path)
+        lock.acquire()
+    except OSError:
+        if not path.exists():
+            raise
+        yield  # a cache we may only read: nothing will be built, so nothing to wait for
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _load_cached(cfg: DictConfig, path: Path, num_classes: int) -> nn.Module | None:
+    """The model cached at ``path``, or ``None`` when there is none or it is unusable (warned)."""
+    if not path.exists():
+        return None
+    try:
+        state = read_state_dict(path)
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("tensors_sha256")
+        if recorded is not None and tensors_sha256(state) != recorded:
+            raise CheckpointError(f"{path}: its tensors do not match the SHA-256 recorded when it was written")
+        del state
+        model = instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
+    except Exception as e:
+        cause = _user_error(e)
+        if cause is None:
+            raise
+        log.warning("rebuilding unusable cached model %s: %s", path, str(cause).splitlines()[0])
+        return None
+    log.info("model from cache %s", path)
+    return model
+
+
+def _user_error(exc: BaseException | None) -> Exception | None:
+    """The CheckpointError/ConfigError behind ``exc`` (Hydra's instantiate wraps them)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (CheckpointError, ConfigError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _train_and_cache(cfg: DictConfig, path: Path, num_classes: int, make_module: Callable[[nn.Module], pl.LightningModule],
+                     data: dict[str, Any], loggers: list | None, info: dict[str, Any] | None, pretrained: bool,
+                     **trainer_overrides: Any) -> nn.Module:
     log.info("training %s for %s epochs, to be cached at %s", cfg.backbone.name, cfg.base.epochs, path)
     with torch.random.fork_rng():
         pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
@@ -151,12 +224,13 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
         trainer.fit(module, **data)
     model.eval()
     if rank_zero_only.rank == 0:  # one writer; the other DDP ranks wait at the barrier, then read it
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp,
-                      metadata={"backbone": cfg.backbone.name})
+            save_file(tensors, tmp, metadata={"backbone": cfg.backbone.name, "tensors_sha256": tensors_sha256(tensors)})
         write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {})})
     trainer.strategy.barrier("model-cache")
     return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
 
 
-__all__ = ["BaseInfo", "base_cache_key", "base_cache_path", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]
+__all__ = ["BaseInfo", "base_cache_key", "base_cache_path", "base_datamodule", "obtain_base", "read_state_dict",
+           "train_cached", "world_size"]

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..methods.base import Method
 from ..scores import aggregate_fn
+from .checkpointing import drop_frozen, restore_frozen, trainable_state_keys
 from .evaluation import EvalItem, ItemScoring, LoaderFactory
 
 
@@ -107,6 +108,18 @@ class TaskModule(ItemScoring, pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.method.trainable_parameters(self.task) if p.requires_grad]
         return optimizers_for(self, params, self.optimizer_factory, self.scheduler_factory)
+
+    # -- checkpoints: only what training can change (see training/checkpointing.py) -------------
+    def on_train_start(self) -> None:
+        self._kept_keys = trainable_state_keys(self)  # the modules are in their training modes here
+        self._frozen_digest = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = getattr(self, "_kept_keys", None) or trainable_state_keys(self)
+        self._frozen_digest = drop_frozen(checkpoint, keep, getattr(self, "_frozen_digest", None))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen(self, checkpoint)
 
 
 def optimizers_for(module: pl.LightningModule, params: list[nn.Parameter], optimizer: Callable,

@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from .checkpointing import AtomicCheckpointIO
+
 
 def make_callbacks(cfg: DictConfig, stage: str | None, checkpoints: bool = True) -> list[pl.Callback]:
     """``cfg.callbacks`` instantiated; callbacks with a ``dirpath`` (checkpoints) write under
@@ -36,11 +38,16 @@ def make_callbacks(cfg: DictConfig, stage: str | None, checkpoints: bool = True)
 def make_trainer(cfg: DictConfig, stage: str | None = None, loggers: list | None = None,
                  callbacks: list[pl.Callback] | None = None, checkpoints: bool = True, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` (accelerator, devices, strategy, precision, limits...) with the run's
-    callbacks (checkpoints under ``<dirpath>/<stage>``), ``loggers`` and ``overrides``."""
+    callbacks (checkpoints under ``<dirpath>/<stage>``), ``loggers`` and ``overrides``.
+
+    Checkpoints are written atomically in their own folder (:class:`AtomicCheckpointIO`); without
+    a checkpoint callback none are written (Lightning would add its own, of the whole model)."""
     cbs = make_callbacks(cfg, stage, checkpoints) + list(callbacks or [])
     overrides.setdefault("use_distributed_sampler", False)
-    if not checkpoints:
-        overrides.setdefault("enable_checkpointing", False)
+    has_checkpoints = checkpoints and any(isinstance(cb, pl.callbacks.Checkpoint) for cb in cbs)
+    overrides.setdefault("enable_checkpointing", has_checkpoints)
+    if has_checkpoints and "plugins" not in cfg.trainer:
+        overrides.setdefault("plugins", [AtomicCheckpointIO()])
     return instantiate(cfg.trainer, callbacks=cbs, logger=list(loggers or []) or False,
                        default_root_dir=cfg.paths.output_dir, **overrides)
 
