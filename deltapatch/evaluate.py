@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict:
     check_patch_fits(cfg)
     base = obtain_base(cfg)
     net = DeltaNetwork(base.model)
-    name = load_patch(net, Path(cfg.patch))
+    name = load_patch(net, Path(cfg.patch), verify=cfg.get("verify_patch", True))
     spec = net.specs[name]
     tasks = build_tasks(cfg)
     key = cfg.task or next(iter(tasks))
