@@ -23,13 +23,12 @@ _RELAUNCHING = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_param
 
 
 def _launched_externally() -> bool:
-    """Whether a cluster (SLURM, torchrun, LSF, Kubeflow) or Lightning's launcher started this
-    process as one rank of several, so Lightning will not start processes itself."""
-    from lightning_fabric.plugins.environments import (KubeflowEnvironment, LSFEnvironment, SLURMEnvironment,
-                                                       TorchElasticEnvironment)
+    """Whether a cluster (SLURM, torchrun, LSF) or Lightning's launcher started this process as one
+    rank of several, so Lightning will not start processes itself."""
+    from lightning_fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
     return "LOCAL_RANK" in os.environ or any(
-        env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, KubeflowEnvironment))
+        env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment))
 
 
 def _several_processes(trainer: DictConfig) -> bool:
