@@ -12,8 +12,9 @@ exactly once (``ShardSampler``, torchmetrics' synced counts).
 
 What is left is float reduction order: sums over two halves added, a gradient all-reduce, about
 1e-7 relative per step, which AdamW's first steps (update ≈ lr·g/|g|) can magnify up to ~lr for
-a weight whose gradient is near zero. Measured here (3 steps): largest weight difference of the
-patch 1.6e-5, mean λ 3e-7, every accuracy identical. An accuracy is a count of argmax hits, so it
+a weight whose gradient is near zero. Measured here (3 steps per task, ddp_spawn and ddp): largest
+weight difference of a patch 1.6e-5 (5.1e-5 over the sequential tasks), mean λ 3e-7, every
+accuracy identical. An accuracy is a count of argmax hits, so it
 only moves when such a difference flips a prediction: the tolerance is one image of the split
 (two for the harmonic mean, whose slope in each input is at most 2); λ gets 1e-3.
 """
