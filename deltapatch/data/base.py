@@ -43,16 +43,21 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     Lightning calls ``set_epoch`` each epoch, also after resuming from a checkpoint, so a resumed
     run sees exactly the batches an uninterrupted run would have seen. Under DDP (the process
     group exists when Lightning asks for the loader) rank r takes every world-th index of the same
-    order, padded by wrapping around so every rank has as many: the union of the ranks' k-th
-    batches of size B/world is the single-process run's k-th batch of size B. Runs turn Lightning's
-    own sampler replacement off (``use_distributed_sampler=False``): the sharding is done here.
+    order, so the union of the ranks' k-th batches of size B/world is the single-process run's k-th
+    batch of size B. Every rank gets as many indices: with ``drop_tail`` (the loader drops its
+    last partial batch) the order is cut to a multiple of world, so each rank has as many full
+    batches as the single run (⌊⌊n/w⌋/(B/w)⌋ = ⌊n/B⌋); without it the order is padded by wrapping
+    around. Runs turn Lightning's own sampler replacement off (``use_distributed_sampler=False``):
+    the sharding is done here.
     """
 
-    def __init__(self, data_source: Sequence, seed: int = 0, rank: int | None = None, world: int | None = None):
+    def __init__(self, data_source: Sequence, seed: int = 0, rank: int | None = None, world: int | None = None,
+                 drop_tail: bool = False):
         r, w = process_rank()
         self.rank, self.world = (r if rank is None else rank), (w if world is None else world)
         self.n, self.seed, self.epoch = len(data_source), seed, 0
-        self.per_rank = -(-self.n // self.world)
+        self.drop_tail = drop_tail and self.n >= self.world
+        self.per_rank = self.n // self.world if self.drop_tail else -(-self.n // self.world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,8 +69,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         if self.world > 1:
-            order = (order + order[: self.per_rank * self.world - self.n])[self.rank::self.world]
+            order = order[: self.per_rank * self.world] if self.drop_tail else \
+                order + order[: self.per_rank * self.world - self.n]
+            order = order[self.rank::self.world]
         return iter(order)
+
+
+def training_sampler(data: Sequence, batch_size: int, seed: int) -> tuple[EpochSampler, bool]:
+    """The :class:`EpochSampler` of a training loader with per-rank ``batch_size``, and its
+    ``drop_last``: a last batch of a few images gives BatchNorm nonsense statistics (and a
+    misleading last loss), so it is dropped unless that would leave no batch at all (one global
+    batch is ``batch_size · world`` images)."""
+    drop_last = len(data) >= batch_size * process_rank()[1]
+    return EpochSampler(data, seed, drop_tail=drop_last), drop_last
 
 
 class ShardSampler(torch.utils.data.Sampler[int]):
@@ -322,13 +338,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         data = self.splits[split]
-        sampler = EpochSampler(data, self.seed) if shuffle else ShardSampler(data)
+        sampler, drop_last = training_sampler(data, self.batch_size, self.seed) if shuffle else (ShardSampler(data), False)
         common = dict(
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
-            # a last training batch of a few images gives BatchNorm nonsense statistics (and a
-            # misleading last loss): drop it, unless that would leave no batch at all
-            drop_last=shuffle and len(sampler) >= self.batch_size,
+            drop_last=drop_last,
             # a fixed generator: iterating a loader then draws nothing from the global RNG
             generator=torch.Generator().manual_seed(self.seed),
             **self.loader_kwargs(),

@@ -2,11 +2,17 @@
 patch tasks' data, the results.json skeleton, the base-model invariant, saving what a run
 trained, and finishing a run (final metrics, W&B, results.json) on rank 0 only.
 
+Under DDP the runner runs in every process (``ddp``: Lightning re-runs the whole command per
+rank; ``ddp_spawn``: only the main process runs it and Lightning spawns workers for each
+fit/test), so everything that writes (results.json, patches, progress, the base cache, W&B)
+asks :func:`is_rank_zero` first.
+
 Each runner (``conf/scenario/<name>.yaml`` -> ``runner._target_``) reads top to bottom:
 base -> tasks -> for each task fit / score / save -> results.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from ..data.joint import JointDataModule
 from ..errors import ConfigError, InvariantError
 from ..methods.base import Method
 from ..patch import base_fingerprint
+from ..training.wandb_run import is_wandb, log_run
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +129,19 @@ def config_dict(cfg: DictConfig) -> dict:
 
 
 def finish(cfg: DictConfig, results: dict[str, Any], loggers: list, metrics: dict[str, float]) -> dict[str, Any]:
-    """Log the final metrics, close W&B runs, and write results.json atomically — on rank 0; the
-    other DDP ranks return the same results without writing anything."""
+    """Write results.json atomically, log the final metrics, send the run to W&B
+    (:func:`deltapatch.training.wandb_run.log_run`) and close it — on rank 0; the other DDP ranks return the
+    same results without writing or logging anything."""
     if not is_rank_zero():
         return results
+    write_json(Path(cfg.paths.output_dir) / "results.json", results)  # first: a W&B failure keeps it
     for lg in loggers:
         lg.log_metrics({k: v for k, v in metrics.items() if v is not None})
         lg.save()
-        if type(lg).__name__ == "WandbLogger":
+        if is_wandb(lg):
             import wandb
 
-            lg.experiment.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float, str))})
+            log_run(lg, cfg, json.loads(json.dumps(results, default=str)))  # as results.json holds it
             wandb.finish()  # one W&B run per multirun job
-    write_json(Path(cfg.paths.output_dir) / "results.json", results)
     log.info("results: %s", {k: v for k, v in metrics.items()})
     return results

@@ -189,7 +189,8 @@ def mean_lambdas(method, loader: Iterable, task: str, device: torch.device | str
                  max_batches: int | None = None) -> dict[int, list[float]]:
     """``{stage_index: [mean λ per skip]}`` of ``task`` over ``loader`` (λ column order of
     :func:`deltapatch.delta.stage.skip_pairs`: j ascending, then i). ``method`` is anything with
-    ``lambdas(x, task)`` (a ∆ method or a :class:`~deltapatch.delta.DeltaNetwork`)."""
+    ``lambdas(x, task)`` (a ∆ method or a :class:`~deltapatch.delta.DeltaNetwork`). Under DDP
+    (every rank runs this on its shard of the loader) the mean is over all ranks' images."""
     was_training = method.training
     method.eval()  # λ at inference: random_lambda's gate gives 0.5, the others are deterministic
     sums: dict[int, torch.Tensor] = {}
@@ -205,6 +206,21 @@ def mean_lambdas(method, loader: Iterable, task: str, device: torch.device | str
             count += x.shape[0]
     finally:
         method.train(was_training)
+    sums, count = _across_ranks(sums, count)
     if count == 0:
         raise ReportError(f"no samples to average λ of task '{task}' over")
     return {stage: (s / count).tolist() for stage, s in sorted(sums.items())}
+
+
+def _across_ranks(sums: dict[int, torch.Tensor], count: int) -> tuple[dict[int, torch.Tensor], int]:
+    """Sums and count over every DDP rank (each saw its shard of the loader), so all ranks return
+    the mean over the same images; gathered as objects, as a rank may have seen none."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return sums, count
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, (sums, count))
+    total: dict[int, torch.Tensor] = {}
+    for rank_sums, _ in gathered:
+        for stage, s in rank_sums.items():
+            total[stage] = total[stage] + s if stage in total else s
+    return total, sum(c for _, c in gathered)

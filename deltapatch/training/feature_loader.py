@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ..cache import FeatureCache, auto_feature_cache, storage_dtype
-from ..data.base import ClassificationDataModule, EpochBatchSampler, EpochSampler
+from ..data.base import ClassificationDataModule, EpochBatchSampler, training_sampler
 from ..errors import ConfigError
 from ..methods.base import Method
 
@@ -39,8 +39,8 @@ def cached_train_loader(cfg: DictConfig, method: Method, task: str,
     dataset, batch_size, seed = cache.dataset, dm.batch_size, dm.seed
 
     def loader() -> DataLoader:
-        sampler = EpochSampler(dataset, seed)
-        batches = EpochBatchSampler(sampler, batch_size, drop_last=len(sampler) >= batch_size)
+        sampler, drop_last = training_sampler(dataset, batch_size, seed)
+        batches = EpochBatchSampler(sampler, batch_size, drop_last=drop_last)
         return DataLoader(dataset, sampler=batches, batch_size=None)
 
     return loader

@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..methods.base import Method
@@ -67,6 +68,15 @@ class TaskModule(ItemScoring, pl.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._run(x)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # DDP all-reduces the gradient of every parameter that requires one and fails when one
+            # gets none: earlier tasks' modules (sequential) and heads this task does not use
+            # (PAINT's base head) are not this fit's business
+            train = {id(p) for p in self.method.trainable_parameters(self.task)}
+            ignore = [n for n, p in self.named_parameters() if id(p) not in train]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignore)
 
     # -- data ----------------------------------------------------------------
     def train_dataloader(self):
