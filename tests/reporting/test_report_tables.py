@@ -106,7 +106,8 @@ def test_zsda_runs_give_vanilla_rows(tmp_path):
     per vanilla model, and the uniform prior sets rows apart."""
     for name, weight, seed in (("a", 0.0, 0), ("b", 0.1, 0), ("c", 0.0, 1)):
         # base_source scratch: Table 6's vanilla model is trained from random weights (base=scratch)
-        _fake(tmp_path, name, scenario="zsda", n_deltas=4, seed=seed, dataset="mnist", target="usps", base_source="scratch",
+        _fake(tmp_path, name, scenario="zsda", n_deltas=4, seed=seed, dataset="mnist", target="usps",
+              base_source="scratch",
               metric="target_acc", target_acc=80.0 + seed, tasks={"patch": 80.0 + seed},
               vanilla={"target_acc": 50.0 + weight * 100, "source_acc": 99.0}, vanilla_trainable_params=11_000_000,
               trainable_params={"patch": 700_000}, uniform_prior={"weight": weight, "t": 2.0})
