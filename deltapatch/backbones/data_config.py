@@ -60,9 +60,7 @@ def _resolve_data_config(key: str, _parent_: DictConfig):
     if key not in KEYS:
         raise ConfigError(f"dp.data_config: unknown key '{key}'; one of {', '.join(KEYS)}")
     name, source, _ = _backbone_node(_parent_)
-    value = data_config(name, source)[key]
-    # a ListConfig, not a list: OmegaConf.resolve() (Hydra's resolved run config) refuses a plain list
-    return OmegaConf.create(value) if isinstance(value, list) else value
+    return data_config(name, source)[key]
 
 
 def _resolve_name(_parent_: DictConfig) -> str:
