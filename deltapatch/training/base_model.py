@@ -161,4 +161,4 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
     return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
 
 
-__all__ = ["BaseInfo", "base_cache_key", "pretrained_weights", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]
+__all__ = ["BaseInfo", "base_cache_key", "base_datamodule", "obtain_base", "read_state_dict", "train_cached"]
