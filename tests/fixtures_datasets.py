@@ -308,6 +308,48 @@ def write_decathlon(root: Path, task: str, class_names: list[str], splits: dict[
             json.dumps({"images": [], "categories": categories}))
 
 
+# ---------------------------------------------------------------- PASCAL VOC
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+VOC_IGNORE = 255  # VOC's "void" label on object borders
+
+
+def write_voc(root: Path, year: str, train: tuple[str, ...] = ("000005",)) -> Path:
+    """Two 500x375 images in VOC's layout, ``root/VOCdevkit/VOC<year>/``: XML annotations (one
+    object difficult), palette masks, ``ImageSets/{Main,Segmentation}/{trainval,train,val,test}.txt``
+    (``train`` lists ``train``; val 000007; trainval and test both)."""
+    voc = root / "VOCdevkit" / f"VOC{year}"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    objects = {
+        "000005": [("chair", 263, 211, 324, 339, 0), ("chair", 165, 264, 253, 372, 1)],
+        "000007": [("car", 141, 50, 500, 330, 0), ("person", 10, 20, 60, 120, 0)],
+    }
+    for stem, objs in objects.items():
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{stem}.jpg")
+        xml = "".join(
+            f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>{d}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+            f"<ymax>{y1}</ymax></bndbox></object>" for n, x0, y0, x1, y1, d in objs)
+        (voc / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><folder>VOC{year}</folder><filename>{stem}.jpg</filename><size><width>500</width>"
+            f"<height>375</height><depth>3</depth></size><segmented>1</segmented>{xml}</annotation>")
+        mask = np.zeros((375, 500), dtype=np.uint8)
+        for n, x0, y0, x1, y1, _ in objs:
+            mask[y0:y1, x0:x1] = VOC_CLASSES.index(n) + 1
+            mask[y0, x0:x1] = VOC_IGNORE  # VOC marks object borders 255
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette([v for c in range(256) for v in (c, 255 - c, (c * 7) % 256)])
+        png.save(voc / "SegmentationClass" / f"{stem}.png")
+    for split, stems in (("trainval", objects), ("train", list(train)), ("val", ["000007"]), ("test", objects)):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    return root
+
+
 # ---------------------------------------------------------------- archives
 def tar_folder(src: Path, archive: Path, arcname: str) -> None:
     """Pack ``src`` as ``arcname/`` into ``archive`` (compression from the suffix: .tar.gz / .tar.xz)."""
@@ -315,3 +357,49 @@ def tar_folder(src: Path, archive: Path, arcname: str) -> None:
     mode = "w:xz" if archive.name.endswith(".xz") else "w:gz"
     with tarfile.open(archive, mode) as tf:
         tf.add(src, arcname=arcname)
+
+
+# ---------------------------------------------------------------- every dataset of the paper presets
+IMAGENET_WNIDS = ["n01440764", "n01443537"]  # the first two ImageNet classes: head indices 0 and 1
+
+
+def write_imagenet_val_only(root: Path, n_per_class: int, wnids: list[str] = IMAGENET_WNIDS) -> None:
+    """ImageNet as clusters keep it: ``root/val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG`` and no train folder."""
+    k = 0
+    for y, wnid in enumerate(wnids):
+        for _ in range(n_per_class):
+            k += 1
+            save_jpg(y, root / "val" / wnid / f"ILSVRC2012_val_{k:08d}.JPEG")
+
+
+def write_preset_data(data_dir: Path, n: int = 6) -> None:
+    """Every dataset the full presets (``experiment=table1 … table12_13``) read, in its own on-disk
+    format, where its ``conf/dataset`` YAML looks under ``paths.data_dir``: ImageNet val-only,
+    the Table 2/3/4/8/10/12-13 datasets, Decathlon (ucf101 with annotations, daimlerpedcls as bare
+    folders), the digit sets of Table 6 and PASCAL VOC 2007/2012. Two or three classes each, about
+    ``n`` training images per class (enough for 2 batches of 2 and a non-empty validation split)."""
+    two = [0, 1] * n
+    write_imagenet_val_only(data_dir / "imagenet", n_per_class=n)
+    write_stl10(data_dir / "stl10", n_train=[n, n], n_test=[2, 2])
+    write_class_folders(data_dir / "NWPU-RESISC45", ["airplane", "beach"], n=n + 2)
+    write_gtsrb_official(data_dir / "gtsrb", n_train=[n, n], test_labels=[0, 1, 1, 0])
+    # Flowers-102's official splits: both classes in train, val and test
+    labels = [0, 1] * (n + 4)
+    ids = list(range(1, len(labels) + 1))
+    write_flowers102(data_dir / "flowers102", labels, trn=ids[: 2 * n], val=ids[2 * n: 2 * n + 4],
+                     tst=ids[2 * n + 4:])
+    write_stanford_cars(data_dir / "stanford_cars", ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"],
+                        train=two, test=[0, 1, 0, 1])
+    write_fgvc_aircraft(data_dir / "fgvc_aircraft", ["707-320", "A300B4"],
+                        {"train": two, "val": [0, 1, 0, 1], "test": [1, 0, 1, 0]})
+    deca = data_dir / "decathlon-1.0"
+    write_decathlon(deca, "ucf101", ["ApplyEyeMakeup", "ApplyLipstick"], {"train": two, "val": [0, 1, 1, 0]})
+    write_decathlon(deca, "daimlerpedcls", ["neg", "pos"], {"train": two, "val": [1, 0, 0, 1]}, annotations=False)
+    write_cifar10(data_dir / "cifar10", [[0, 1] * (n // 2 + 1)] * 5, test=[0, 1, 1, 0])
+    write_cifar100(data_dir / "cifar100", train=two, test=[1, 0, 0, 1])
+    digits = [0, 1, 2, 3, 4]  # 10 classes by name; labels 0-4 keep the grey levels (level) in range
+    write_mnist_idx(data_dir / "mnist", train=digits * 2, test=digits)
+    write_usps(data_dir / "usps", train=digits * 2, test=digits)
+    write_svhn(data_dir / "svhn", {"train": digits * 2, "test": digits})
+    write_voc(data_dir / "voc", "2007")
+    write_voc(data_dir / "voc", "2012", train=("000005", "000007"))  # segmentation trains on batches of 2

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.transforms import v2 as T
 
 from deltapatch import create_backbone
@@ -21,6 +20,8 @@ from deltapatch.data.dense import IGNORE_INDEX, segmentation_collate
 from deltapatch.data.shapes import render_shapes
 from deltapatch.data.voc import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule, voc_target
 from deltapatch.scenarios.zsda import uniformity_loss
+
+import fixtures_datasets as fx
 
 # every scenario run here: one epoch of two tiny batches, no bars, no checkpoints
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
@@ -62,41 +63,8 @@ def test_shapes_ground_truth_is_exact_and_reproducible():
     assert not np.array_equal(render_shapes(5, seed=3, split="test").image, a.image)
 
 
-# ------------------------------------------------------------------------------ VOC fixture
-def _write_voc(root: Path, year: str) -> Path:
-    """Two images in VOC's layout: XML annotations (one object difficult), palette masks."""
-    voc = root / "VOCdevkit" / f"VOC{year}"
-    for d in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
-        (voc / d).mkdir(parents=True, exist_ok=True)
-    objects = {
-        "000005": [("chair", 263, 211, 324, 339, 0), ("chair", 165, 264, 253, 372, 1)],
-        "000007": [("car", 141, 50, 500, 330, 0), ("person", 10, 20, 60, 120, 0)],
-    }
-    for stem, objs in objects.items():
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(
-            voc / "JPEGImages" / f"{stem}.jpg")
-        xml = "".join(
-            f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated>"
-            f"<difficult>{d}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
-            f"<ymax>{y1}</ymax></bndbox></object>" for n, x0, y0, x1, y1, d in objs)
-        (voc / "Annotations" / f"{stem}.xml").write_text(
-            f"<annotation><folder>VOC{year}</folder><filename>{stem}.jpg</filename><size><width>500</width>"
-            f"<height>375</height><depth>3</depth></size><segmented>1</segmented>{xml}</annotation>")
-        mask = np.zeros((375, 500), dtype=np.uint8)
-        for n, x0, y0, x1, y1, _ in objs:
-            mask[y0:y1, x0:x1] = VOC_CLASSES.index(n) + 1
-            mask[y0, x0:x1] = IGNORE_INDEX  # VOC marks object borders 255
-        png = Image.fromarray(mask, mode="P")
-        png.putpalette([v for c in range(256) for v in (c, 255 - c, (c * 7) % 256)])
-        png.save(voc / "SegmentationClass" / f"{stem}.png")
-    for split, stems in (("trainval", objects), ("train", ["000005"]), ("val", ["000007"]), ("test", objects)):
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(stems) + "\n")
-    return root
-
-
 def test_voc_detection_fixture(tmp_path):
-    root = _write_voc(tmp_path / "voc", "2007")
+    root = fx.write_voc(tmp_path / "voc", "2007")
     dm = VOCDetectionDataModule(data_dir=str(root), year="2007", download=False, batch_size=2)
     dm.setup()
     assert dm.num_classes == 20 and len(dm.splits["train"]) == 2
@@ -122,7 +90,7 @@ def test_voc_detection_fixture(tmp_path):
 
 
 def test_voc_segmentation_fixture(tmp_path):
-    root = _write_voc(tmp_path / "voc", "2012")
+    root = fx.write_voc(tmp_path / "voc", "2012")
     dm = VOCSegmentationDataModule(data_dir=str(root), download=False, base_size=64, crop_size=48,
                                    batch_size=2, eval_batch_size=2)
     dm.setup()
@@ -211,7 +179,7 @@ def test_detection_resnet34_body(make_cfg):
 
 def test_detection_on_voc_fixture(make_cfg, tmp_path):
     """The VOC path through the scenario: variable image sizes, 21-way heads, difficult objects."""
-    root = _write_voc(tmp_path / "voc", "2007")
+    root = fx.write_voc(tmp_path / "voc", "2007")
     cfg = make_cfg("scenario=detection", "dataset=voc_detection", f"dataset.data_dir={root}",
                    "dataset.num_workers=0", "dataset.batch_size=2", "base=scratch", "method=fc", *TINY,
                    "scenario.model.min_size=64", "scenario.model.max_size=96", "scenario.model.fpn_channels=32",

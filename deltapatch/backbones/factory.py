@@ -71,8 +71,8 @@ def _torchvision(arch: str, num_classes: int, hub: bool, download: bool, **kwarg
     if not cached.exists() and not download:
         raise PretrainedWeightsError(
             f"pretrained weights for torchvision/{arch} are not in the cache ({cached}); "
-            f"download them where there is a network (backbone.download=true), copy them there, "
-            f"or set backbone.pretrained=/path/to/checkpoint"
+            f"download them where there is a network (backbone.model.download=true), copy them there, "
+            f"or set backbone.model.pretrained=/path/to/weights.safetensors"
         )
     return builder(weights=weights, **kwargs)
 
@@ -88,7 +88,8 @@ def _timm(arch: str, tag: str | None, num_classes: int, hub: bool, download: boo
     if local is None:
         raise PretrainedWeightsError(
             f"pretrained weights for timm/{full} are not in the Hugging Face cache; download them "
-            f"where there is a network (backbone.download=true) or set backbone.pretrained=/path/to/checkpoint"
+            f"where there is a network (backbone.model.download=true) or set "
+            f"backbone.model.pretrained=/path/to/weights.safetensors"
         )
     return timm.create_model(full, pretrained=True, pretrained_cfg_overlay={"file": local}, **kwargs)
 

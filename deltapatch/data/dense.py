@@ -86,8 +86,11 @@ class DenseDataModule(pl.LightningDataModule):
         data = self.splits[split]
         # the shuffle order depends on (seed, epoch) only; sharded across DDP ranks like classification
         sampler = EpochSampler(data, self.seed) if shuffle else ShardSampler(data)
+        # a last training batch of one image breaks the new heads' BatchNorm (DeepLabV3's pooling
+        # branch refuses it): drop it, as torchvision's references do, unless no batch would remain
         return DataLoader(data, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate,
+                          sampler=sampler, drop_last=shuffle and len(sampler) >= self.batch_size,
+                          num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 

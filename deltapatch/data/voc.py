@@ -107,12 +107,17 @@ class VOCSegmentationSet(Dataset):
 
 
 class _VOCDataModule(DenseDataModule):
+    """``image_size``: the shorter image side the task works at (``None``: the task's own
+    recipe); ``debug=fast`` sets it, so a smoke run of Table 7 is small."""
+
     class_names = VOC_CLASSES
 
     def __init__(self, data_dir: str = "data/voc", year: str = "2007", train_split: str = "trainval",
-                 val_split: str = "val", test_split: str = "test", download: bool = False, **kwargs):
+                 val_split: str = "val", test_split: str = "test", download: bool = False,
+                 image_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.data_dir, self.year, self.download = data_dir, str(year), download
+        self.image_size = image_size
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
 
 
@@ -125,6 +130,8 @@ class VOCDetectionDataModule(_VOCDataModule):
     def __init__(self, keep_difficult: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.keep_difficult = keep_difficult
+        if self.image_size is not None:  # Faster R-CNN scales the shorter side to min_size itself
+            self.model_hints.setdefault("min_size", int(self.image_size))
 
     def make_split(self, split: str) -> Dataset:
         voc = _open(tvd.VOCDetection, self.data_dir, self.year, self.split_names[split], self.download, self.name)
@@ -142,6 +149,8 @@ class VOCSegmentationDataModule(_VOCDataModule):
         kwargs.setdefault("train_split", "train")
         kwargs.setdefault("test_split", "val")  # VOC2012's test masks are not public: val is the benchmark
         super().__init__(**kwargs)
+        if self.image_size is not None:  # evaluation at that shorter side, training crops no larger
+            base_size, crop_size = int(self.image_size), min(crop_size, int(self.image_size))
         self.base_size, self.crop_size = base_size, crop_size
 
     @property

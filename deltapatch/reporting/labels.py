@@ -61,7 +61,9 @@ def row_variant(run: Run) -> str:
     prior = run.results.get("uniform_prior")
     if isinstance(prior, Mapping) and float(prior.get("weight") or 0) > 0:
         return "Uniform prior"
-    if run.results.get("base_source") == "scratch":  # Tables 12-13: no pre-training
+    # Tables 12-13: no pre-training. Not zsda: Table 6's vanilla model always learns the source from
+    # random weights (base=scratch), and its rows are "Vanilla" / "+∆-Networks (4)"
+    if run.results.get("base_source") == "scratch" and run.scenario != "zsda":
         return "from scratch"
     return ""
 
@@ -84,6 +86,14 @@ def row_label(key: RowKey) -> str:
     return f"{label} + {variant}" if variant else label
 
 
+def task_names(results: Mapping[str, Any]) -> list[str]:
+    """The run's tasks in the order the scenario took them (results.json's ``task_order``; its
+    ``tasks`` object is written with sorted keys, so files without the list give that order)."""
+    tasks = list(results.get("tasks") or {})
+    order = [t for t in (results.get("task_order") or []) if t in tasks]
+    return order + [t for t in tasks if t not in order]
+
+
 def column_of(run: Run) -> str:
     """The column a run belongs to: its dataset (single; with the sample rate when below 1), its
     task set (joint, sequential: task names joined by '-'), its domain pair (zsda), or what
@@ -92,7 +102,7 @@ def column_of(run: Run) -> str:
     if res.get("column"):
         return str(res["column"])
     if run.scenario in ("joint", "sequential"):
-        return "-".join(res.get("tasks") or {}) or str(res.get("dataset"))
+        return "-".join(task_names(res)) or str(res.get("dataset"))
     name = str(res.get("dataset"))
     if res.get("target"):
         name = f"{name}→{res['target']}"
@@ -129,4 +139,4 @@ def slug(*parts: str) -> str:
 
 __all__ = ["BACKBONE_NAMES", "BACKBONE_ORDER", "METHOD_NAMES", "METHOD_ORDER", "RowKey", "backbone_label",
            "column_of", "format_params", "method_label", "order", "row_key", "row_label", "row_sort_key",
-           "row_variant", "slug"]
+           "row_variant", "slug", "task_names"]

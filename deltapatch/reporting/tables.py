@@ -21,7 +21,8 @@ import pandas as pd
 
 from .alpha import alpha_tables
 from .frame import Table, summarise
-from .labels import RowKey, backbone_label, column_of, format_params, row_key, row_label, row_sort_key, slug
+from .labels import (RowKey, backbone_label, column_of, format_params, row_key, row_label, row_sort_key, slug,
+                     task_names)
 from .runs import Run, groups
 from .values import metric_name, metric_value, number, trainable_params
 
@@ -88,7 +89,8 @@ def per_task_table(experiment: str, scenario: str, runs: Sequence[Run]) -> Table
         row = {"rank": ranks[k], "Architecture": backbone_label(k.backbone), "Method": row_label(k)}
         obs.append(row | {"column": f"{col} · base", "value": r.results.get("base_acc_after")})
         tasks = r.results.get("tasks") or {}
-        for t, v in tasks.items():
+        for t in task_names(r.results):
+            v = tasks[t]
             label = "task" if scenario == "single" and len(tasks) == 1 else t
             if label not in sub[col]:
                 sub[col].append(label)

@@ -61,7 +61,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     aggregate, combine = aggregate_for(cfg.scenario.name)
 
     results = results_skeleton(cfg, cfg.dataset.name, method)
-    results.update(base_acc_before=before, tasks={}, val={}, extra={}, class_names={})
+    results.update(base_acc_before=before, tasks={}, val={}, extra={}, class_names={},
+                   # results.json sorts its keys: the order the tasks came in is kept here (Tables 3/4 columns)
+                   task_order=[key for name, dm in tasks.items() for key, _, _ in scored_parts(name, dm)])
     if base.datamodule is not None:
         results["base_split"] = base.datamodule.split_info
     if progress.summary() is not None:

@@ -37,7 +37,7 @@ from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..patch import base_fingerprint
-from ..training.base_model import train_cached
+from ..training.base_model import pretrained_weights, train_cached
 from ..training.evaluation import EvalSet, LightningScorer
 from ..training.module import BaseModule, TaskModule
 from ..training.trainer import eval_trainer, make_trainer
@@ -121,7 +121,7 @@ def obtain_vanilla(cfg: DictConfig, source: ClassificationDataModule, loggers: l
     up = cfg.scenario.uniform_prior
     path = Path(cfg.base.cache_dir) / "zsda" / f"{cfg.backbone.name}-{vanilla_cache_key(cfg)}.safetensors"
     model = train_cached(
-        cfg, path, n, pretrained=cfg.base.source == "pretrained",
+        cfg, path, n, pretrained=pretrained_weights(cfg) if cfg.base.source == "pretrained" else False,
         make_module=lambda m: SourceModule(m, n, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay,
                                            uniform_weight=float(up.weight), uniform_t=float(up.t)),
         data={"datamodule": source}, loggers=loggers, limit_val_batches=0,

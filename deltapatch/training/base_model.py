@@ -54,6 +54,13 @@ def base_datamodule(cfg: DictConfig) -> ClassificationDataModule | None:
     return instantiate(dcfg, **overrides)
 
 
+def pretrained_weights(cfg: DictConfig) -> bool | str:
+    """What ``base=pretrained`` loads: the local file named by ``backbone.model.pretrained`` when
+    it is a path (no hub, no network), else the hub weights (``True``)."""
+    given = cfg.backbone.model.get("pretrained")
+    return str(given) if isinstance(given, str) and given else True
+
+
 def base_cache_key(cfg: DictConfig) -> str:
     """Hash of what determines a trained base: architecture, data, classes, recipe and seed."""
     b = cfg.base
@@ -90,7 +97,7 @@ def obtain_base(cfg: DictConfig, loggers: list | None = None) -> BaseInfo:
         raise ConfigError(f"unknown base.source '{source}'; choose one of {', '.join(SOURCES)}")
     dm = base_datamodule(cfg)
     if source == "pretrained":
-        model = instantiate(cfg.backbone.model, pretrained=True, num_classes=1000)
+        model = instantiate(cfg.backbone.model, pretrained=pretrained_weights(cfg), num_classes=1000)
         return BaseInfo(model, 1000, dm, cfg.base.get("reference_acc"))
     if source == "checkpoint":
         if not cfg.base.get("path"):

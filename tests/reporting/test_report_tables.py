@@ -53,6 +53,23 @@ def test_metric_choice_and_columns(tmp_path):
     assert {p.suffix for p in written.values()} == {".md", ".csv", ".tex"}
 
 
+def test_task_sets_keep_the_order_they_ran_in(tmp_path):
+    """results.json is written with sorted keys; ``task_order`` keeps a task set's order, so
+    GTSRB→Cars→Flowers is its own column (not cars-flowers-gtsrb) and its per-task columns follow it."""
+    for name, order in (("a", ["gtsrb", "cars", "flowers"]), ("b", ["cars", "gtsrb", "flowers"])):
+        d = tmp_path / name
+        d.mkdir()
+        res = {"method": "delta", "backbone": "resnet18", "dataset": "digits", "scenario": "sequential",
+               "n_deltas": 1, "seed": 0, "experiment": "x", "trainable_params": {}, "mean": 50.0,
+               "base_acc_after": 70.0, "tasks": {t: 10.0 * (i + 1) for i, t in enumerate(order)}, "task_order": order}
+        (d / "results.json").write_text(json.dumps(res, sort_keys=True))
+    main, per_task = build_report(load_runs(tmp_path), alpha=False).tables
+    assert main.columns == ["gtsrb-cars-flowers", "cars-gtsrb-flowers"]
+    assert per_task.columns[:4] == ["gtsrb-cars-flowers · base", "gtsrb-cars-flowers · gtsrb",
+                                    "gtsrb-cars-flowers · cars", "gtsrb-cars-flowers · flowers"]
+    assert per_task.cell("gtsrb-cars-flowers · cars", Method="∆-Networks (1)")["mean"] == 20.0
+
+
 def test_cells_are_mean_and_sample_std():
     obs = pd.DataFrame([{"rank": 1, "Method": "b", "column": "c1", "value": v} for v in (1.0, 2.0, 3.0)]
                        + [{"rank": 0, "Method": "a", "column": "c2", "value": None}])
@@ -88,7 +105,9 @@ def test_zsda_runs_give_vanilla_rows(tmp_path):
     """A zero-shot domain adaptation run scores the vanilla model too: it gets its own row, once
     per vanilla model, and the uniform prior sets rows apart."""
     for name, weight, seed in (("a", 0.0, 0), ("b", 0.1, 0), ("c", 0.0, 1)):
+        # base_source scratch: Table 6's vanilla model is trained from random weights (base=scratch)
         _fake(tmp_path, name, scenario="zsda", n_deltas=4, seed=seed, dataset="mnist", target="usps",
+              base_source="scratch",
               metric="target_acc", target_acc=80.0 + seed, tasks={"patch": 80.0 + seed},
               vanilla={"target_acc": 50.0 + weight * 100, "source_acc": 99.0}, vanilla_trainable_params=11_000_000,
               trainable_params={"patch": 700_000}, uniform_prior={"weight": weight, "t": 2.0})
