@@ -32,7 +32,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from deltapatch.cli import quote_numeric_groups
+import deltapatch.cli  # noqa: F401  (numeric group choices such as n_deltas=2)
 from deltapatch.data.base import EpochSampler
 from deltapatch.patch import base_fingerprint, read_patch_metadata
 from deltapatch.scenarios import run
@@ -53,7 +53,7 @@ TWO_RANKS = ["dataset.batch_size=16", "trainer.accelerator=cpu", "trainer.device
 def compose_cfg(out: Path, cache: Path, *overrides: str):
     ov = [f"paths.output_dir={out}", f"paths.cache_dir={cache}", *SETTINGS, *overrides]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=quote_numeric_groups(ov))
+        return compose("config", overrides=ov)
 
 
 @pytest.fixture(scope="module")
