@@ -18,7 +18,7 @@ from .cli import call_with_argv, guarded, hydra_app
 from .delta import DeltaNetwork
 from .errors import ConfigError, PatchError
 from .methods.base import Method
-from .patch import base_fingerprint, load_patch, read_patch_metadata
+from .patch import base_fingerprint, check_patch_tensors, load_patch, read_patch_metadata
 from .scenarios.common import build_tasks
 from .training.base_model import base_cache_path, obtain_base
 from .training.evaluation import EvalSet, LightningScorer
@@ -64,6 +64,14 @@ def check_patch_fits(cfg: DictConfig) -> dict[str, str]:
         raise ConfigError("no patch given: deltapatch-evaluate patch=path/to/task.patch.safetensors")
     path = Path(cfg.patch)
     meta = read_patch_metadata(path)
+    if cfg.get("verify_patch", True):  # a corrupt file is named as such before any other mismatch
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise PatchError(f"cannot read patch {path}: corrupt or truncated safetensors file ({e})") from None
+        check_patch_tensors(path, meta, state)
     built = backbone_id(cfg)
     if meta.get("backbone") != built:
         made_with = (json.loads(meta.get("config") or "{}").get("backbone") or {}).get("name")
