@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from ..backbones import get_adapter
-from ..data.base import ClassificationDataModule
+from ..data.base import ClassificationDataModule, ShardSampler
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..patch import base_fingerprint
@@ -161,6 +162,41 @@ class _Plain(nn.Module):
         return self.model(x)
 
 
+class SourceTestSubset:
+    """The source's splits with its test split cut to ``n`` images, a fixed subset (seeded by
+    ``seed``, the same in every run): the source accuracy is a check, the target (always scored on
+    its whole test split) is the score. ``scenario.source_test_images`` sets ``n``."""
+
+    def __init__(self, dm: ClassificationDataModule, n: int, seed: int = 0):
+        self.dm = dm
+        test = dm.splits["test"]
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: int(n)]
+        self.test = Subset(test, sorted(order.tolist()))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dm.val_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test, batch_size=self.dm.eval_batch_size, sampler=ShardSampler(self.test),
+                          num_workers=self.dm.num_workers)
+
+
+def scored_source(cfg: DictConfig, source: ClassificationDataModule) -> Any:
+    """What scores the source: the datamodule, or :class:`SourceTestSubset` when
+    ``scenario.source_test_images`` is below its test split's size."""
+    n = cfg.scenario.get("source_test_images")
+    if n is None or int(n) >= len(source.splits["test"]):
+        return source
+    if int(n) < 1:
+        raise ConfigError(f"scenario.source_test_images={n}: give a positive number of images or null (all)")
+    return SourceTestSubset(source, int(n))
+
+
+def source_test_count(cfg: DictConfig, source: ClassificationDataModule) -> int:
+    scored = scored_source(cfg, source)
+    return len(scored.test) if isinstance(scored, SourceTestSubset) else len(source.splits["test"])
+
+
 def check_scenario(cfg: DictConfig, source: ClassificationDataModule, target: ClassificationDataModule) -> None:
     """One clear line for a domain pair or a row that cannot run."""
     sc = cfg.scenario
@@ -207,7 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     task = str(sc.task_name)
     method.add_task(task, n, source.class_names)
     evalset = EvalSet()
-    for key, dm in (("source", source), ("target", target)):
+    for key, dm in (("source", scored_source(cfg, source)), ("target", target)):
         evalset.add(f"vanilla_{key}", None, n, dm)
         evalset.add(key, task, n, dm)
     scorer = LightningScorer(lambda: eval_trainer(cfg), method, evalset)
@@ -235,6 +271,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tasks={task: scores["target"]}, train_seconds=seconds, vanilla_seconds=vanilla_seconds,
         base_model_unchanged=unchanged, uniform_prior=OmegaConf.to_container(up), adda=adda_info is not None,
         class_names={task: source.class_names}, selection="fixed budget (last epoch); source val logged only",
+        source_test_images=source_test_count(cfg, source),
     )
     if adda_info is not None:
         results["adda_info"] = adda_info
@@ -256,7 +293,7 @@ def run_target_only(cfg: DictConfig, source: ClassificationDataModule, target: C
     seconds = time.perf_counter() - t0
     n = target.num_classes
     evalset = EvalSet()
-    evalset.add("source", None, n, source)
+    evalset.add("source", None, n, scored_source(cfg, source))
     evalset.add("target", None, n, target)
     scores = LightningScorer(lambda: eval_trainer(cfg), _Plain(model), evalset).score("test")
     results = results_skeleton(cfg, source.name)
@@ -267,6 +304,7 @@ def run_target_only(cfg: DictConfig, source: ClassificationDataModule, target: C
         base_model_unchanged=None, uniform_prior=OmegaConf.to_container(cfg.scenario.uniform_prior), adda=False,
         target_only=True, class_names={task: target.class_names},
         selection="fixed budget (last epoch) on the target's labelled training split",
+        source_test_images=source_test_count(cfg, source),
     )
     results["trainable_params"][task] = params
     return finish(cfg, results, loggers, {"test/target_acc": scores["target"], "test/source_acc": scores["source"]})

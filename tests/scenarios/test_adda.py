@@ -127,8 +127,9 @@ def test_adda_improves_target_accuracy_on_rotated_digits(make_cfg):
 
 def test_target_only_row_and_its_refusals(make_cfg):
     cfg = make_cfg(*PAIR, *QUIET, "base.epochs=1", "+base.limit_train_batches=2", "scenario.target_only=true",
-                   fast=False)
+                   "scenario.source_test_images=40", fast=False)
     res = run(cfg)
+    assert res["source_test_images"] == 40  # a fixed subset of the source's 180 test images; the target: all
     assert res["method"] == "target_only" and res["n_deltas"] is None and "vanilla" not in res
     assert (res["dataset"], res["target"]) == ("digits", "digits_shifted")  # the pair's column
     assert 0 <= res["target_acc"] <= 100 and res["tasks"] == {"patch": res["target_acc"]}
@@ -137,6 +138,43 @@ def test_target_only_row_and_its_refusals(make_cfg):
     for bad in (["scenario.adda.enabled=true"], ["scenario.uniform_prior.weight=0.1"]):
         with pytest.raises(ConfigError, match="target_only"):
             run(make_cfg(*PAIR, *QUIET, "scenario.target_only=true", *bad, fast=False))
+    with pytest.raises(ConfigError, match="source_test_images"):
+        run(make_cfg(*PAIR, *QUIET, "scenario.source_test_images=0", fast=False))
     with pytest.raises(ConfigError, match="adda.epochs"):
         run(make_cfg(*PAIR, *QUIET, *TINY_ADDA[:2], "scenario.adda.enabled=true", "scenario.adda.epochs=0",
                      fast=False))
+
+
+ROWS = {"zsda_vanilla": (False, 0.0, False), "zsda_uniform_prior": (False, 0.1, False),
+        "zsda_adda": (True, 0.0, False), "zsda_adda_uniform_prior": (True, 0.1, False),
+        "zsda_target_only": (False, 0.0, True)}
+
+
+@pytest.mark.parametrize("preset, pairs", [
+    ("real/table6", {"mnist_pack_usps_pack": ("mnist_pack", "usps_pack"),
+                     "usps_pack_mnist_pack": ("usps_pack", "mnist_pack")}),
+    ("table6", {"mnist_usps": ("mnist", "usps"), "usps_mnist": ("usps", "mnist"), "svhn_mnist": ("svhn", "mnist")}),
+])
+def test_table6_presets_give_every_row_on_every_pair(preset, pairs):
+    """One sweep: every pair × the five row kinds (eight Table 6 rows + Target only) × 3 seeds, both
+    domains at 32 px, every seed its own vanilla model."""
+    from hydra import compose, initialize_config_dir
+
+    from deltapatch.cli import quote_numeric_groups
+    from helpers import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        top = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        params = top.hydra.sweeper.params
+        assert set(str(params["experiment/pair"]).split(",")) == set(pairs)
+        assert set(str(params["experiment/row"]).split(",")) == set(ROWS) and str(params.seed) == "0,1,2"
+        for pair, (src, tgt) in pairs.items():
+            for row, (adda, weight, target_only) in ROWS.items():
+                cfg = compose("config", overrides=quote_numeric_groups(
+                    [f"experiment={preset}", f"experiment/pair={pair}", f"experiment/row={row}", "seed=2"]))
+                sc = cfg.scenario
+                assert (cfg.dataset.name, sc.target.name) == (src, tgt)
+                assert cfg.dataset.image_size == sc.target.image_size == 32
+                assert (sc.adda.enabled, sc.uniform_prior.weight, sc.target_only) == (adda, weight, target_only)
+                assert cfg.base.source == "scratch" and cfg.base.seed == 2 and cfg.n_deltas == 4
+                assert cfg.method.name == "delta" and cfg.experiment_name == preset.replace("/", "_")
