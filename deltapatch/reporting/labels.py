@@ -102,7 +102,11 @@ def row_label(key: RowKey) -> str:
     _, method, n, variant = key
     label = method_label(method, n)
     if variant in ZSDA_VARIANTS:  # Table 6: the starting model, then what was added on top of it
-        return variant if method in ("vanilla", "target_only") else f"{variant} + {label}"
+        if method in ("vanilla", "target_only"):
+            return variant
+        if method == "finetune_delta":  # the ∆ network trained in the vanilla model's place
+            return f"{variant} + {method_label('delta', n)}, joint"
+        return f"{variant} + {label}"
     if variant == "from scratch":
         return f"{label}, from scratch"
     return f"{label} + {variant}" if variant else label

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import CombinedLoader
 from torch import nn
@@ -42,7 +43,7 @@ from ..backbones import get_adapter
 from ..data.base import ClassificationDataModule, EpochSampler, TaskDataset
 from ..errors import ConfigError
 from ..methods.base import freeze
-from ..training.base_model import train_cached
+from .zsda_models import train_once
 
 
 class ImagesOnly(Dataset):
@@ -70,24 +71,41 @@ def discriminator(in_features: int, hidden: Sequence[int] = (500, 500)) -> nn.Se
     return nn.Sequential(*layers, nn.Linear(in_features, 1))
 
 
-def pooled(adapter, x: torch.Tensor) -> torch.Tensor:
-    """The pooled feature vector the classifier reads (what the discriminator sees)."""
-    return adapter.pre_logits(adapter.forward_features(x))
+def head_of(model: nn.Module, task: str | None = None) -> nn.Linear:
+    """The classifier of a plain model (``task`` None) or of a method's task."""
+    return get_adapter(model).classifier() if task is None else model.head(task)
+
+
+def pooled(model: nn.Module, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
+    """The pooled features that enter the classifier (what the discriminator sees), of a plain
+    model or of a method's task (read with a pre-hook on its head)."""
+    if task is None:
+        adapter = get_adapter(model)
+        return adapter.pre_logits(adapter.forward_features(x))
+    box: list[torch.Tensor] = []
+    hook = head_of(model, task).register_forward_pre_hook(lambda _m, args: box.append(args[0]))
+    try:
+        model(x, task)
+    finally:
+        hook.remove()
+    return box[0]
 
 
 class ADDAModule(pl.LightningModule):
-    """The adversarial stage: ``target`` (a copy of ``source`` with its classifier frozen) against a
-    discriminator, ``source`` frozen in eval mode. Batches are ``{"source": images, "target":
-    images}``; manual optimisation, one discriminator step then one target-encoder step."""
+    """The adversarial stage: ``target`` (a copy of ``source``, its classifier frozen) against a
+    discriminator, ``source`` frozen in eval mode. ``task`` names the classifier when the models
+    are ∆ methods (None: plain models). Batches are ``{"source": images, "target": images}``;
+    manual optimisation, one discriminator step then one target-encoder step."""
 
     def __init__(self, source: nn.Module, target: nn.Module, hidden: Sequence[int] = (500, 500),
-                 lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999), disc_weight_decay: float = 2.5e-5):
+                 lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999), disc_weight_decay: float = 2.5e-5,
+                 task: str | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.source, self.target = freeze(source), target
-        self.src, self.tgt = get_adapter(source), get_adapter(target)
-        self.tgt.classifier().requires_grad_(False)  # the source classifier is kept as it is
-        self.disc = discriminator(self.tgt.num_features, hidden)
+        self.source, self.target, self.task = freeze(source), target, task
+        head = head_of(target, task)
+        head.requires_grad_(False)  # the source classifier is kept as it is
+        self.disc = discriminator(head.in_features, hidden)
         self.lr, self.betas, self.disc_weight_decay = lr, tuple(betas), disc_weight_decay
 
     def train(self, mode: bool = True) -> "ADDAModule":
@@ -101,8 +119,8 @@ class ADDAModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_target, opt_disc = self.optimizers()
         with torch.no_grad():
-            f_src = pooled(self.src, batch["source"])
-        f_tgt = pooled(self.tgt, batch["target"])  # target encoder in train mode: BN sees target batches
+            f_src = pooled(self.source, batch["source"], self.task)
+        f_tgt = pooled(self.target, batch["target"], self.task)  # train mode: BN sees target batches
         ones, zeros = f_src.new_ones(len(f_src), 1), f_tgt.new_zeros(len(f_tgt), 1)
         # the discriminator: source features -> 1, target features -> 0 (one loss over both halves)
         logits = self.disc(torch.cat([f_src, f_tgt.detach()]))
@@ -179,41 +197,43 @@ def check_recipe(cfg: DictConfig) -> None:
         raise ConfigError(f"scenario.adda.lr={a.lr}: give a positive learning rate")
 
 
-def obtain_adda(cfg: DictConfig, vanilla: nn.Module, vanilla_key: str, source: ClassificationDataModule,
-                target: ClassificationDataModule, loggers: list) -> tuple[nn.Module, dict[str, Any]]:
-    """The ADDA model (target encoder + the vanilla model's classifier) adapted from ``vanilla``
-    with ``scenario.adda``'s recipe, trained once and cached; and what results.json says about it."""
+def obtain_adda(cfg: DictConfig, model: nn.Module, model_key: str, source: ClassificationDataModule,
+                target: ClassificationDataModule, loggers: list, task: str | None = None) -> tuple[nn.Module, dict]:
+    """The ADDA model adapted from ``model`` (a plain model, or a ∆ method and its ``task``) with
+    ``scenario.adda``'s recipe: a copy whose encoder was trained adversarially, its classifier
+    ``model``'s; trained once and cached. Returns it and what results.json says about it."""
     check_recipe(cfg)
     a = cfg.scenario.adda
-    n = source.num_classes
     bs = batch_size_of(cfg)
-    name = f"{cfg.backbone.name}-{adda_cache_key(cfg, vanilla_key)}.safetensors"
+    name = f"{cfg.backbone.name}-{adda_cache_key(cfg, model_key)}.safetensors"
     path = Path(cfg.base.cache_dir) / "zsda" / "adda" / name
-    # train_cached's recipe keys are base.*: the adaptation's own budget goes there
-    acfg = copy.deepcopy(cfg)
-    acfg.base.epochs = int(a.epochs)
-    with_flag = OmegaConf.is_struct(acfg.base)
-    OmegaConf.set_struct(acfg.base, False)
-    acfg.base.limit_train_batches = a.get("steps_per_epoch")
-    OmegaConf.set_struct(acfg.base, with_flag)
 
-    def make_module(model: nn.Module) -> ADDAModule:
-        model.load_state_dict(vanilla.state_dict())  # the target encoder starts as the source encoder
-        return ADDAModule(copy.deepcopy(vanilla), model, hidden=list(a.discriminator.hidden), lr=float(a.lr),
-                          betas=list(a.betas), disc_weight_decay=float(a.discriminator.weight_decay))
+    def make_module(target_model: nn.Module) -> ADDAModule:
+        return ADDAModule(copy.deepcopy(model), target_model, hidden=list(a.discriminator.hidden), lr=float(a.lr),
+                          betas=list(a.betas), disc_weight_decay=float(a.discriminator.weight_decay), task=task)
 
-    model = train_cached(acfg, path, n, make_module=make_module,
-                         data={"train_dataloaders": adaptation_loader(source, target, bs, int(cfg.base.seed))},
-                         loggers=loggers, limit_val_batches=0,
-                         info={"adda_from": vanilla_key, "source": source.name, "target": target.name,
-                               "recipe": OmegaConf.to_container(a, resolve=True)})
+    def build() -> nn.Module:  # the target encoder starts as an exact copy of the source encoder
+        if task is not None:
+            return copy.deepcopy(model)
+        # a plain model: a fresh backbone given the source weights, which draws the random numbers
+        # the first version of this code drew, so models it cached are what a new run trains
+        fresh = instantiate(cfg.backbone.model, pretrained=False, num_classes=source.num_classes)
+        fresh.load_state_dict(model.state_dict())
+        return fresh
+
+    adapted = train_once(
+        cfg, path, build, make_module,
+        data={"train_dataloaders": adaptation_loader(source, target, bs, int(cfg.base.seed))}, loggers=loggers,
+        epochs=int(a.epochs), limit_train_batches=a.get("steps_per_epoch"),
+        info={"adda_from": model_key, "source": source.name, "target": target.name,
+              "recipe": OmegaConf.to_container(a, resolve=True)})
     info = {"target_split": "train", "target_images": len(target.splits["train"]),
             "source_images": len(source.splits["train"]), "batch_size": bs, "epochs": int(a.epochs),
             "steps_per_epoch": a.get("steps_per_epoch"), "lr": float(a.lr), "betas": list(a.betas),
             "discriminator": OmegaConf.to_container(a.discriminator, resolve=True), "selection": "last step",
             "cache": str(path)}
-    return model, info
+    return adapted, info
 
 
 __all__ = ["ADDAModule", "ImagesOnly", "adaptation_loader", "adda_cache_key", "check_recipe", "discriminator",
-           "obtain_adda", "pooled"]
+           "head_of", "obtain_adda", "pooled"]

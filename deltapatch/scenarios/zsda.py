@@ -9,16 +9,17 @@ One run gives a Table 6 row pair:
    ``pretrained``; ``base=checkpoint`` is a ready vanilla model), cached by everything that shapes
    it; with ``scenario.adda.enabled`` the *ADDA* model instead: the vanilla model's encoder adapted
    adversarially to the target's unlabelled training images (:mod:`.adda`), its classifier kept;
-2. ``method`` on top of it, trained on the labelled source again: ``method=delta`` puts ∆-modules
-   and a new head on the frozen model ("+∆-Networks (4)" with ``n_deltas=4``).
+2. "+∆-Networks (4)", as ``scenario.delta`` reads it: ``on_top`` (default), ``method`` on top of
+   the starting model, trained on the labelled source again (``method=delta``: ∆-modules and a new
+   head on the frozen model); or ``joint`` (:func:`run_joint`, ``method=finetune_delta``): the ∆
+   network (backbone, ∆-modules, head) trained from the vanilla model's initialisation with its
+   recipe instead of the plain network, and adapted with ADDA for the ADDA rows.
 
 Both are scored on the source and the target test splits (``scenario.target``); results.json's
 ``vanilla`` holds the first model's scores (the ADDA model's when ``adda: true``). With
 ``scenario.uniform_prior.weight > 0`` the source training of the vanilla model and the ∆ stage add
 the uniform-prior regulariser ("+ Uniform prior", Sinha et al. [43]); an ADDA run starts from that
-prior-trained vanilla model. Our reading of the prior: the pooled features, L2-normalised, are
-pushed towards the uniform distribution on the hypersphere with the Gaussian-potential uniformity
-loss ``log E exp(-t ||z_i - z_j||^2)`` (Wang & Isola, 2020).
+prior-trained vanilla model (the prior itself: :mod:`.uniform_prior`).
 
 ``scenario.target_only=true`` is Table 6's "Target only" upper bound instead: the backbone trained
 with the same ``base`` recipe on the target's *labelled* training split and scored on its test
@@ -38,79 +39,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..backbones import get_adapter
 from ..data.base import ClassificationDataModule, ShardSampler
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..patch import base_fingerprint
 from ..training.base_model import train_cached
 from ..training.evaluation import EvalSet, LightningScorer
-from ..training.module import BaseModule, TaskModule
 from ..training.trainer import eval_trainer, make_trainer
 from .adda import obtain_adda
 from .common import check_base, finish, make_loggers, results_skeleton, save_patch_file, seed
+from .uniform_prior import SourceModule, UniformPriorTaskModule, uniformity_loss
+from .zsda_models import obtain_joint
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------ the regulariser
-def uniformity_loss(features: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """``log mean_{i<j} exp(-t ||z_i - z_j||^2)`` over L2-normalised features ``z``: lowest when
-    the batch spreads uniformly over the hypersphere. Zero for a batch of one."""
-    z = F.normalize(features.flatten(1).float(), dim=1)
-    if len(z) < 2:
-        return z.new_zeros(())
-    return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
-
-
-class SourceModule(BaseModule):
-    """Stage 1: the whole backbone on the source (``BaseModule``'s recipe) + the uniform prior."""
-
-    def __init__(self, model: nn.Module, num_classes: int, lr: float, weight_decay: float,
-                 uniform_weight: float = 0.0, uniform_t: float = 2.0):
-        super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay)
-        self.adapter = get_adapter(model)
-        self.uniform_weight, self.uniform_t = uniform_weight, uniform_t
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        feats = self.adapter.pre_logits(self.adapter.forward_features(x))
-        loss = self.loss(self.adapter.classifier()(feats), y)
-        if self.uniform_weight > 0:
-            reg = uniformity_loss(feats, self.uniform_t)
-            self.log("vanilla/train_uniformity", reg)
-            loss = loss + self.uniform_weight * reg
-        self.log("vanilla/train_loss", loss, prog_bar=True)
-        return loss
-
-
-class UniformPriorTaskModule(TaskModule):
-    """Stage 2: :class:`TaskModule` + the uniform prior on the features entering the task's head
-    (read with a forward pre-hook, so any method with a per-task head works unchanged)."""
-
-    def __init__(self, *args, uniform_weight: float = 0.0, uniform_t: float = 2.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.uniform_weight, self.uniform_t = uniform_weight, uniform_t
-        self._feats: list[torch.Tensor] = []
-        if uniform_weight > 0:
-            self.method.head(self.task).register_forward_pre_hook(
-                lambda _m, args: self._feats.append(args[0]) if self.training else None)
-
-    def training_step(self, batch, batch_idx):
-        self._feats.clear()
-        loss = super().training_step(batch, batch_idx)
-        if self.uniform_weight > 0 and self._feats:
-            reg = uniformity_loss(self._feats[-1], self.uniform_t)
-            self.log(f"train/{self.task}/uniformity", reg)
-            loss = loss + self.uniform_weight * reg
-        self._feats.clear()
-        return loss
 
 
 # ------------------------------------------------------------------ stage 1: the vanilla model
@@ -212,6 +158,34 @@ def adda_enabled(cfg: DictConfig) -> bool:
     return bool((cfg.scenario.get("adda") or {}).get("enabled", False))
 
 
+READINGS = ("on_top", "joint")
+
+
+def delta_reading(cfg: DictConfig) -> str:
+    """``scenario.delta``: how "+∆-Networks" is trained (docs/zsda.md): ``on_top`` of the frozen
+    starting model, or ``joint``ly with the backbone from the vanilla model's initialisation."""
+    reading = str(cfg.scenario.get("delta", "on_top"))
+    if reading not in READINGS:
+        raise ConfigError(f"scenario.delta={reading}: choose one of {', '.join(READINGS)}")
+    return reading
+
+
+def score_models(cfg: DictConfig, source: ClassificationDataModule, target: ClassificationDataModule,
+                 models: dict[str, tuple[nn.Module, str | None]]) -> dict[str, dict[str, float | None]]:
+    """Test accuracy on source and target of each ``name: (model, task)`` (task None: a plain
+    model), as ``{name: {"source_acc", "target_acc"}}``, one evaluation loop per model."""
+    out = {}
+    n = source.num_classes
+    for name, (model, task) in models.items():
+        evalset = EvalSet()
+        evalset.add("source", task, n, scored_source(cfg, source))
+        evalset.add("target", task, n, target)
+        scores = LightningScorer(lambda: eval_trainer(cfg), _Plain(model) if task is None else model, evalset)
+        got = scores.score("test")
+        out[name] = {"source_acc": got["source"], "target_acc": got["target"]}
+    return out
+
+
 # ------------------------------------------------------------------ the runner
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``scenario=zsda``: the vanilla (or ADDA) model, ``method`` on top, both scored on source and
@@ -227,6 +201,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = make_loggers(cfg)
     if sc.get("target_only"):
         return run_target_only(cfg, source, target, loggers)
+    if delta_reading(cfg) == "joint":
+        return run_joint(cfg, source, target, loggers)
     n = source.num_classes
 
     t0 = time.perf_counter()
@@ -271,7 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tasks={task: scores["target"]}, train_seconds=seconds, vanilla_seconds=vanilla_seconds,
         base_model_unchanged=unchanged, uniform_prior=OmegaConf.to_container(up), adda=adda_info is not None,
         class_names={task: source.class_names}, selection="fixed budget (last epoch); source val logged only",
-        source_test_images=source_test_count(cfg, source),
+        source_test_images=source_test_count(cfg, source), delta_reading="on_top",
     )
     if adda_info is not None:
         results["adda_info"] = adda_info
@@ -284,6 +260,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                           "test/vanilla_target_acc": vanilla_scores["vanilla_target"]})
 
 
+def run_joint(cfg: DictConfig, source: ClassificationDataModule, target: ClassificationDataModule,
+              loggers: list) -> dict[str, Any]:
+    """``scenario.delta=joint``: the ∆ network (``method``, e.g. finetune_delta: backbone, ∆-modules
+    and head) trained on the source exactly as the vanilla model is (same initialisation, recipe,
+    data order and prior) next to the vanilla model; with ADDA both are adapted. ``vanilla`` is the
+    starting model's scores, ``target_acc`` the ∆ network's."""
+    sc, task = cfg.scenario, str(cfg.scenario.task_name)
+    weight = float(sc.uniform_prior.weight)
+    t0 = time.perf_counter()
+    vanilla, vanilla_params, vanilla_key = obtain_vanilla(cfg, source, loggers)
+    if adda_enabled(cfg):
+        vanilla, _ = obtain_adda(cfg, vanilla, vanilla_key, source, target, loggers)
+    vanilla_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    method, joint_key = obtain_joint(cfg, source, vanilla_key, loggers, weight)
+    adda_info = None
+    if adda_enabled(cfg):
+        method, adda_info = obtain_adda(cfg, method, joint_key, source, target, loggers, task=task)
+    seconds = time.perf_counter() - t0
+    scores = score_models(cfg, source, target, {"vanilla": (vanilla, None), "delta": (method, task)})
+    results = results_skeleton(cfg, source.name, method)
+    results.update(
+        target=target.name, metric="target_acc", target_acc=scores["delta"]["target_acc"],
+        source_acc=scores["delta"]["source_acc"], vanilla=scores["vanilla"],
+        tasks={task: scores["delta"]["target_acc"]},
+        train_seconds=seconds, vanilla_seconds=vanilla_seconds, base_model_unchanged=None,
+        uniform_prior=OmegaConf.to_container(sc.uniform_prior), adda=adda_info is not None,
+        class_names={task: source.class_names}, selection="fixed budget (last epoch / step) in every stage",
+        source_test_images=source_test_count(cfg, source), delta_reading="joint",
+    )
+    if adda_info is not None:
+        results["adda_info"] = adda_info
+    results["trainable_params"][task] = sum(p.numel() for p in method.trainable_parameters(task))
+    results["vanilla_trainable_params"] = vanilla_params
+    return finish(cfg, results, loggers, {"test/target_acc": results["target_acc"],
+                                          "test/source_acc": results["source_acc"],
+                                          "test/vanilla_target_acc": scores["vanilla"]["target_acc"]})
+
+
 def run_target_only(cfg: DictConfig, source: ClassificationDataModule, target: ClassificationDataModule,
                     loggers: list) -> dict[str, Any]:
     """Table 6's "Target only": the ``base`` recipe on the target's labelled training split (a fixed
@@ -291,20 +306,22 @@ def run_target_only(cfg: DictConfig, source: ClassificationDataModule, target: C
     t0 = time.perf_counter()
     model, params, _ = obtain_vanilla(cfg, target, loggers, data_cfg=cfg.scenario.target, uniform_prior=False)
     seconds = time.perf_counter() - t0
-    n = target.num_classes
-    evalset = EvalSet()
-    evalset.add("source", None, n, scored_source(cfg, source))
-    evalset.add("target", None, n, target)
-    scores = LightningScorer(lambda: eval_trainer(cfg), _Plain(model), evalset).score("test")
+    scores = score_models(cfg, source, target, {"model": (model, None)})["model"]
     results = results_skeleton(cfg, source.name)
     task = str(cfg.scenario.task_name)
     results.update(
-        method="target_only", target=target.name, metric="target_acc", target_acc=scores["target"],
-        source_acc=scores["source"], tasks={task: scores["target"]}, train_seconds=seconds,
+        method="target_only", target=target.name, metric="target_acc", target_acc=scores["target_acc"],
+        source_acc=scores["source_acc"], tasks={task: scores["target_acc"]}, train_seconds=seconds,
         base_model_unchanged=None, uniform_prior=OmegaConf.to_container(cfg.scenario.uniform_prior), adda=False,
         target_only=True, class_names={task: target.class_names},
         selection="fixed budget (last epoch) on the target's labelled training split",
         source_test_images=source_test_count(cfg, source),
     )
     results["trainable_params"][task] = params
-    return finish(cfg, results, loggers, {"test/target_acc": scores["target"], "test/source_acc": scores["source"]})
+    return finish(cfg, results, loggers, {"test/target_acc": scores["target_acc"],
+                                          "test/source_acc": scores["source_acc"]})
+
+
+__all__ = ["READINGS", "SourceModule", "SourceTestSubset", "UniformPriorTaskModule", "adda_enabled", "check_scenario",
+           "delta_reading", "obtain_vanilla", "run", "run_joint", "run_target_only", "score_models", "scored_source",
+           "uniformity_loss", "vanilla_cache_key"]

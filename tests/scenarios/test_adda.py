@@ -178,3 +178,31 @@ def test_table6_presets_give_every_row_on_every_pair(preset, pairs):
                 assert (sc.adda.enabled, sc.uniform_prior.weight, sc.target_only) == (adda, weight, target_only)
                 assert cfg.base.source == "scratch" and cfg.base.seed == 2 and cfg.n_deltas == 4
                 assert cfg.method.name == "delta" and cfg.experiment_name == preset.replace("/", "_")
+
+
+def test_joint_reading_trains_the_delta_network_from_the_vanilla_init_and_adapts_it(make_cfg, monkeypatch, tmp_path):
+    """scenario.delta=joint: backbone + ∆(4) + head trained from the vanilla model's initialisation
+    with its recipe (not on top of it); ADDA then adapts that network, its head kept."""
+    import pytorch_lightning as pl
+
+    from deltapatch.scenarios import uniform_prior
+
+    cfg = make_cfg(*PAIR, *QUIET, *TINY_ADDA, "scenario.delta=joint", "method=finetune_delta",
+                   f"base.cache_dir={tmp_path / 'own'}", fast=False)
+    start = {}
+    monkeypatch.setattr(uniform_prior.JointSourceModule, "on_train_start",
+                        lambda self: start.update({k: v.clone() for k, v in self.method.base.state_dict().items()}),
+                        raising=False)
+    res = run(cfg)
+    pl.seed_everything(cfg.base.seed)  # how the vanilla model's backbone is drawn (train_cached)
+    ref = instantiate(cfg.backbone.model, pretrained=False, num_classes=10).state_dict()
+    assert start.keys() == ref.keys() and all(torch.equal(start[k], ref[k]) for k in ref)
+    assert (res["method"], res["delta_reading"], res["n_deltas"], res["adda"]) == ("finetune_delta", "joint", 4, True)
+    assert res["adda_info"]["target_split"] == "train" and 0 <= res["target_acc"] <= 100
+    assert res["vanilla"]["target_acc"] is not None  # the ADDA-adapted vanilla model, scored beside it
+    assert len(list((tmp_path / "own" / "zsda" / "adda").glob("*.safetensors"))) == 2  # vanilla's and ∆'s
+    with pytest.raises(ConfigError, match="finetune_delta"):
+        run(make_cfg(*PAIR, *QUIET, *TINY_ADDA, "scenario.delta=joint", f"base.cache_dir={tmp_path / 'own2'}",
+                     fast=False))
+    with pytest.raises(ConfigError, match="scenario.delta"):
+        run(make_cfg(*PAIR, *QUIET, "scenario.delta=sideways", fast=False))
