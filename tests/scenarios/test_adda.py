@@ -206,3 +206,38 @@ def test_joint_reading_trains_the_delta_network_from_the_vanilla_init_and_adapts
                      fast=False))
     with pytest.raises(ConfigError, match="scenario.delta"):
         run(make_cfg(*PAIR, *QUIET, "scenario.delta=sideways", fast=False))
+
+
+def _result(root: Path, name: str, **res) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    base = {"method": "delta", "backbone": "resnet18", "scenario": "zsda", "n_deltas": 4, "experiment": "t6",
+            "dataset": "mnist_pack", "target": "usps_pack", "metric": "target_acc", "trainable_params": {}}
+    (d / "results.json").write_text(json.dumps(base | res))
+
+
+def test_report_and_claims_have_table6_shape(tmp_path):
+    """Eight rows in the paper's order plus Target only last, from 4 ∆ runs and a target-only run
+    per seed; the ADDA claim pairs ADDA + ∆(4) with the ADDA model of the same run."""
+    from deltapatch.reporting.claims import claim_zsda
+    from deltapatch.reporting.runs import load_runs
+    from deltapatch.reporting.tables import build_report
+
+    for seed in (0, 1, 2):
+        for i, (adda, weight) in enumerate(((False, 0.0), (False, 0.1), (True, 0.0), (True, 0.1))):
+            start = 50.0 + 10 * i + seed
+            _result(tmp_path, f"{seed}_{i}", seed=seed, adda=adda, uniform_prior={"weight": weight, "t": 2.0},
+                    target_acc=start + 1, tasks={"patch": start + 1}, vanilla={"target_acc": start, "source_acc": 99})
+        _result(tmp_path, f"{seed}_t", seed=seed, method="target_only", n_deltas=None, target_acc=98.0,
+                tasks={"patch": 98.0}, adda=False, uniform_prior={"weight": 0.0, "t": 2.0})
+    table = build_report(load_runs(tmp_path), per_task=False).tables[0]
+    assert list(table.labels["Method"]) == [
+        "Vanilla", "Vanilla + ∆-Networks (4)", "Vanilla + Uniform prior",
+        "Vanilla + Uniform prior + ∆-Networks (4)", "ADDA", "ADDA + ∆-Networks (4)", "ADDA + Uniform prior", "ADDA + Uniform prior + ∆-Networks (4)",
+        "Target only"]
+    assert table.cell("mnist_pack→usps_pack", Method="ADDA") == {"mean": 71.0, "std": 1.0, "n": 3}
+    assert table.cell("mnist_pack→usps_pack", Method="Target only")["mean"] == 98.0
+    verdicts = {v.claim: v for v in claim_zsda(load_runs(tmp_path, derived=False))}
+    adda = verdicts["zsda: ADDA + ∆(4) ≥ ADDA"]
+    assert adda.verdict == "PASS" and adda.numbers["n_pairs"] == 3
+    assert verdicts["zsda: +∆(4) ≥ uniform prior alone"].verdict == "FAIL"  # 51..53 vs 60..62
