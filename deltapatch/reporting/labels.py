@@ -16,11 +16,12 @@ METHOD_NAMES = {
     "lora": "LoRA", "learnable_skip": "Learnable Skip connections", "all_skips_learnable_nobn": "All Skips (Learnable)",
     "all_skips_learnable": "All Skips (Learnable) + BN", "all_skips_nobn": "All Skips", "all_skips": "All Skips + BN",
     "random_lambda_nobn": "All Skips + Random", "random_lambda": "All Skips + BN + Random",
+    "target_only": "Target only",
 }
 # Row order within a backbone: baselines first, ∆-Networks last (as in every table of the paper).
 METHOD_ORDER = ["vanilla", "fc", "finetune", "paint", "parallel_adapter", "series_adapter", "bn_adapt", "bn_adapt_dua",
                 "lora", "learnable_skip", "all_skips_learnable_nobn", "all_skips_learnable", "all_skips_nobn",
-                "all_skips", "random_lambda_nobn", "random_lambda", "delta", "finetune_delta"]
+                "all_skips", "random_lambda_nobn", "random_lambda", "delta", "finetune_delta", "target_only"]
 BACKBONE_NAMES = {
     "resnet18": "ResNet-18", "timm_resnet18": "ResNet-18 (timm)", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
     "resnet101": "ResNet-101", "resnext50_32x4d": "ResNeXt-50", "wide_resnet50_2": "WideResNet-50",
@@ -55,9 +56,28 @@ def backbone_label(backbone: str) -> str:
     return BACKBONE_NAMES.get(backbone, backbone)
 
 
+# Table 6 (zero-shot domain adaptation): the model a row starts from, in the paper's order, and the
+# "Target only" upper bound last.
+ZSDA_VARIANTS = ["Vanilla", "Vanilla + Uniform prior", "ADDA", "ADDA + Uniform prior", "Target only"]
+
+
+def zsda_variant(results: Mapping[str, Any]) -> str:
+    """The model a zero-shot domain adaptation run starts from (its Table 6 row group): Vanilla,
+    ADDA, either with the uniform prior, or Target only."""
+    if results.get("method") == "target_only":
+        return "Target only"
+    prior = results.get("uniform_prior")
+    with_prior = isinstance(prior, Mapping) and float(prior.get("weight") or 0) > 0
+    name = "ADDA" if results.get("adda") else "Vanilla"
+    return f"{name} + Uniform prior" if with_prior else name
+
+
 def row_variant(run: Run) -> str:
-    """What else sets a row apart beside backbone, method and n_deltas: the uniform prior of
-    zero-shot domain adaptation (Table 6's "+ Uniform prior" rows), training from scratch (Tables 12-13)."""
+    """What else sets a row apart beside backbone, method and n_deltas: the starting model of
+    zero-shot domain adaptation (Table 6's Vanilla / Uniform prior / ADDA rows, :func:`zsda_variant`),
+    training from scratch (Tables 12-13)."""
+    if run.results.get("scenario") == "zsda":
+        return zsda_variant(run.results)
     prior = run.results.get("uniform_prior")
     if isinstance(prior, Mapping) and float(prior.get("weight") or 0) > 0:
         return "Uniform prior"
@@ -74,13 +94,21 @@ def row_key(run: Run) -> RowKey:
 
 def row_sort_key(key: RowKey) -> tuple:
     backbone, method, n, variant = key
-    return (order(BACKBONE_ORDER, backbone), variant, order(METHOD_ORDER, method), -1 if n is None else int(n))
+    zsda = order(ZSDA_VARIANTS, variant) if variant in ZSDA_VARIANTS else (-1, "")
+    return (order(BACKBONE_ORDER, backbone), zsda, variant, order(METHOD_ORDER, method), -1 if n is None else int(n))
 
 
 def row_label(key: RowKey) -> str:
-    """``∆-Networks (4)``, ``Vanilla + Uniform prior``, ``∆-Networks (1), from scratch``…"""
+    """``∆-Networks (4)``, ``Vanilla + Uniform prior``, ``ADDA + ∆-Networks (4)``, ``∆-Networks (1),
+    from scratch``…"""
     _, method, n, variant = key
     label = method_label(method, n)
+    if variant in ZSDA_VARIANTS:  # Table 6: the starting model, then what was added on top of it
+        if method in ("vanilla", "target_only"):
+            return variant
+        if method == "finetune_delta":  # the ∆ network trained in the vanilla model's place
+            return f"{variant} + {method_label('delta', n)}, joint"
+        return f"{variant} + {label}"
     if variant == "from scratch":
         return f"{label}, from scratch"
     return f"{label} + {variant}" if variant else label
@@ -138,5 +166,5 @@ def slug(*parts: str) -> str:
 
 
 __all__ = ["BACKBONE_NAMES", "BACKBONE_ORDER", "METHOD_NAMES", "METHOD_ORDER", "RowKey", "backbone_label",
-           "column_of", "format_params", "method_label", "order", "row_key", "row_label", "row_sort_key",
-           "row_variant", "slug", "task_names"]
+           "ZSDA_VARIANTS", "column_of", "format_params", "method_label", "order", "row_key", "row_label",
+           "row_sort_key", "row_variant", "slug", "task_names", "zsda_variant"]

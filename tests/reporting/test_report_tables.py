@@ -112,11 +112,11 @@ def test_zsda_runs_give_vanilla_rows(tmp_path):
               vanilla={"target_acc": 50.0 + weight * 100, "source_acc": 99.0}, vanilla_trainable_params=11_000_000,
               trainable_params={"patch": 700_000}, uniform_prior={"weight": weight, "t": 2.0})
     table = build_report(load_runs(tmp_path), per_task=False).tables[0]
-    assert list(table.labels["Method"]) == ["Vanilla", "∆-Networks (4)", "Vanilla + Uniform prior",
-                                            "∆-Networks (4) + Uniform prior"]
+    assert list(table.labels["Method"]) == ["Vanilla", "Vanilla + ∆-Networks (4)", "Vanilla + Uniform prior",
+                                            "Vanilla + Uniform prior + ∆-Networks (4)"]
     assert table.cell("mnist→usps", Method="Vanilla") == {"mean": 50.0, "std": 0.0, "n": 2}  # one per seed
     assert table.cell("mnist→usps", Method="Vanilla + Uniform prior") == {"mean": 60.0, "std": None, "n": 1}
-    delta = table.cell("mnist→usps", Method="∆-Networks (4)")
+    delta = table.cell("mnist→usps", Method="Vanilla + ∆-Networks (4)")
     assert delta["n"] == 2 and delta["mean"] == 80.5 and delta["std"] == pytest.approx(statistics.stdev([80, 81]))
     params = dict(zip(table.labels["Method"], table.labels["# Params"]))
-    assert params["Vanilla"] == "11.00M" and params["∆-Networks (4)"] == "0.70M"
+    assert params["Vanilla"] == "11.00M" and params["Vanilla + ∆-Networks (4)"] == "0.70M"
