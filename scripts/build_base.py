@@ -5,7 +5,7 @@ hash exactly where every real twin looks for it (a base already in the cache is 
 scored). Prints each base's validation and test accuracy and the wall and CPU time.
 
     make base-cifar10                                   # resnet18 and convnext_tiny
-    .venv/bin/python scripts/build_base.py --backbones resnet18 base.epochs=2
+    .venv/bin/python scripts/build_base.py --backbones resnet18 base.epochs=2   # (another key)
     DELTAPATCH_CACHE=/shared/cache .venv/bin/python scripts/build_base.py   # another cache
 
 Extra arguments are Hydra overrides of the run config (``base.*``, ``paths.*``, ``trainer.*``);
@@ -28,17 +28,17 @@ DEFAULT_BACKBONES = ("resnet18", "convnext_tiny")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
-                   help="comma-separated backbone configs (conf/backbone/*.yaml)")
-    p.add_argument("--experiment", default="real/common",
-                   help="the experiment config whose base is built (default: the real twins' real/common)")
+                   help="comma-separated real-twin backbones (conf/experiment/real/backbone/*.yaml: "
+                        "each a backbone and its base recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. base.epochs=2")
     return p.parse_args(argv)
 
 
-def compose_config(backbone: str, experiment: str, overrides: list[str], progress: bool = True):
-    """The run config of one base build: ``experiment``'s base for ``backbone``, with validation
-    every epoch (the twins turn it off for patch runs; it does not enter the cache key)."""
+def compose_config(backbone: str, overrides: list[str], progress: bool = True):
+    """The run config of one base build: the real twins' base (``experiment=real/common``) for
+    ``backbone`` (``experiment/real/backbone=<backbone>``), with validation every epoch (the twins
+    turn it off for patch runs; it does not enter the cache key)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -50,13 +50,13 @@ def compose_config(backbone: str, experiment: str, overrides: list[str], progres
              "paths.output_dir=${paths.root_dir}/outputs/base_build"]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment={experiment}", f"backbone={backbone}", *extra,
-                                               *quote_numeric_groups(overrides)])
+            cfg = compose("config", overrides=["experiment=real/common", f"experiment/real/backbone={backbone}",
+                                               *extra, *quote_numeric_groups(overrides)])
     except (HydraException, OmegaConfBaseException) as e:  # a typo: one line, not a traceback
         raise ConfigError(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]) from None
     if cfg.base.source != "train":
-        raise ConfigError(f"experiment={experiment} has base={cfg.base.source}: only a base trained here "
-                          f"(base.source=train) is built and cached")
+        raise ConfigError(f"base.source={cfg.base.source}: only a base trained here (base.source=train) is built "
+                          f"and cached")
     return cfg
 
 
@@ -68,9 +68,13 @@ def build(cfg) -> dict:
     from deltapatch.training.evaluation import BASE_KEY, EvalSet, LightningScorer
     from deltapatch.training.trainer import eval_trainer
 
+    from pytorch_lightning.loggers import CSVLogger
+
     cached = any(Path(cfg.base.cache_dir).glob(f"*-{base_cache_key(cfg)}.safetensors"))
+    # per-epoch validation accuracy and the training loss of a base trained now
+    logger = CSVLogger(save_dir=cfg.paths.output_dir, name=cfg.backbone.name, version=base_cache_key(cfg))
     t0, c0 = time.perf_counter(), time.process_time()
-    base = obtain_base(cfg)
+    base = obtain_base(cfg, [logger])
     train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     evalset = EvalSet()
     evalset.add(BASE_KEY, None, base.num_classes, base.datamodule)
@@ -78,7 +82,7 @@ def build(cfg) -> dict:
     accs = LightningScorer(lambda: eval_trainer(cfg), method, evalset).score_splits(("val", "test"))
     return {"backbone": cfg.backbone.name, "path": str(base.cache_path), "split": base.datamodule.split_info,
             "val": accs["val"][BASE_KEY], "test": accs["test"][BASE_KEY], "epochs": cfg.base.epochs,
-            "wall_s": train_wall, "cpu_s": train_cpu, "from_cache": cached,
+            "wall_s": train_wall, "cpu_s": train_cpu, "from_cache": cached, "log": None if cached else logger.log_dir,
             "total_wall_s": time.perf_counter() - t0}
 
 
@@ -93,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows = []
     for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
-        cfg = guarded(compose_config, name, args.experiment, args.overrides, not args.no_progress)
+        cfg = guarded(compose_config, name, args.overrides, not args.no_progress)
         console.print(f"[bold]base {cfg.backbone.name}[/]: {cfg.base.epochs} epochs on {cfg.base.dataset.name} "
                       f"-> {cfg.base.cache_dir}")
         row = guarded(build, cfg)
         rows.append(row)
         console.print(f"{row['backbone']}: val {row['val']:.2f} %, test {row['test']:.2f} % "
                       f"({'loaded from cache' if row['from_cache'] else 'trained'} in {row['wall_s'] / 60:.1f} min "
-                      f"wall, {row['cpu_s'] / 60:.1f} min CPU) -> {row['path']}")
+                      f"wall, {row['cpu_s'] / 60:.1f} min CPU) -> {row['path']}"
+                      + (f"; per-epoch log: {row['log']}/metrics.csv" if row["log"] else ""))
     table = Table(title="base models (CIFAR-10, all classes)")
     for col in ("backbone", "epochs", "train/val/test images", "val %", "test %", "wall min", "CPU min", "cache file"):
         table.add_column(col)

@@ -81,7 +81,7 @@ def test_every_job_of_a_real_preset_composes(preset, tmp_path):
             name = run.backbone.name
             if name not in built:
                 base = compose("config", overrides=[*fixed[1:], "experiment=real/common",
-                                                    f"backbone={run.backbone.model.name}"])
+                                                    f"experiment/real/backbone={run.backbone.model.name}"])
                 built[name] = base_cache_key(base)
             assert base_cache_key(run) == built[name], f"{job}: not the base build_base.py builds"
 
@@ -113,7 +113,7 @@ def test_build_base_trains_the_twins_base_once(cifar_pack, tmp_path, capsys):
     first = capsys.readouterr().out
     assert "trained in" in first and "test" in first and "wall time" in first
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        twin = compose("config", overrides=["experiment=real/table2", "backbone=resnet18", *overrides])
+        twin = compose("config", overrides=["experiment=real/table2", "experiment/real/backbone=resnet18", *overrides])
     path = cache / "base" / f"resnet18_small_input-{base_cache_key(twin)}.safetensors"
     assert path.is_file()
     assert (cache / "data" / "cifar10_pack" / "cifar10" / "train" / "airplane").is_dir()  # extracted once, here
