@@ -43,7 +43,7 @@ def compose_config(backbone: str, overrides: list[str], progress: bool = True):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from deltapatch.cli import CONF_DIR, quote_numeric_groups
+    from deltapatch.cli import CONF_DIR
     from deltapatch.errors import ConfigError
 
     extra = [f"trainer.enable_progress_bar={str(progress).lower()}", "trainer.limit_val_batches=null",
@@ -51,7 +51,7 @@ def compose_config(backbone: str, overrides: list[str], progress: bool = True):
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=["experiment=real/common", f"experiment/real/backbone={backbone}",
-                                               *extra, *quote_numeric_groups(overrides)])
+                                               *extra, *overrides])
     except (HydraException, OmegaConfBaseException) as e:  # a typo: one line, not a traceback
         raise ConfigError(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]) from None
     if cfg.base.source != "train":

@@ -13,7 +13,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from deltapatch.cli import quote_numeric_groups
 from deltapatch.training.base_model import base_cache_key
 
 from fixtures_datasets import tar_folder, write_image_folder
@@ -65,7 +64,7 @@ def test_every_job_of_a_real_preset_composes(preset, tmp_path):
         jobs = _jobs(axes)
         built: dict[str, str] = {}  # backbone name -> the key of the base build_base.py trains
         for job in jobs:
-            run = compose("config", overrides=quote_numeric_groups([*fixed, *job]))
+            run = compose("config", overrides=[*fixed, *job])
             # every interpolation resolves (to_container: the dp.data_config resolver returns lists)
             OmegaConf.to_container(run, resolve=True)
             get_object(run.method.module._target_)
