@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install train test bench report clean
+.PHONY: install train test bench report base-cifar10 clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: install  ## speed/size ratios side by side (scripts/bench.py)
 
 report: install  ## tables and plots from every results.json under RUNS (default outputs/)
 	$(PY) scripts/report.py $(or $(RUNS),outputs) $(ARGS)
+
+base-cifar10: install  ## the real twins' bases: ResNet-18 and ConvNeXt-Tiny trained on CIFAR-10, cached (docs/real_twins.md)
+	$(PY) scripts/build_base.py $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/multirun .pytest_cache

@@ -28,6 +28,9 @@ from .trainer import make_trainer
 
 log = logging.getLogger(__name__)
 SOURCES = ("train", "pretrained", "checkpoint", "scratch")
+# BaseModule's recipe options under base.* and the values of the original recipe
+RECIPE_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "momentum": 0.9, "nesterov": False,
+                                   "label_smoothing": 0.0, "pct_start": 0.3}
 
 
 @dataclass
@@ -84,7 +87,17 @@ def base_cache_key(cfg: DictConfig) -> str:
         key["precision"] = str(cfg.trainer.precision)
     if b.get("limit_train_batches") is not None:
         key["limit_train_batches"] = b.limit_train_batches
+    # recipe options added later: in the key only when they differ from the original recipe, so
+    # the keys of bases trained before them stay valid
+    for name, default in RECIPE_DEFAULTS.items():
+        if b.get(name, default) != default:
+            key[name] = b.get(name)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def base_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """BaseModule's recipe options from ``base.*`` (absent keys: the original recipe's values)."""
+    return {name: cfg.base.get(name, default) for name, default in RECIPE_DEFAULTS.items()}
 
 
 def obtain_base(cfg: DictConfig, loggers: list | None = None) -> BaseInfo:
@@ -122,7 +135,8 @@ def _trained_base(cfg: DictConfig, dm: ClassificationDataModule, loggers: list) 
     path = base_cache_path(cfg)
     model = train_cached(
         cfg, path, dm.num_classes,
-        make_module=lambda m: BaseModule(m, dm.num_classes, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay),
+        make_module=lambda m: BaseModule(m, dm.num_classes, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay,
+                                         **base_recipe(cfg)),
         data={"datamodule": dm}, loggers=loggers,
         info={"dataset": dm.name, "classes": dm.class_ids, "epochs": cfg.base.epochs})
     return BaseInfo(model, dm.num_classes, dm, cache_path=path)
