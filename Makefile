@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install train test bench report base-cifar10 clean
+.PHONY: install train test bench report base-cifar10 readme-numbers clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: install  ## speed/size ratios side by side (scripts/bench.py)
 
 report: install  ## tables and plots from every results.json under RUNS (default outputs/)
 	$(PY) scripts/report.py $(or $(RUNS),outputs) $(ARGS)
+
+readme-numbers: install  ## rerun what README's measured tables come from and rewrite them (ONLY=default,sizes for some)
+	$(PY) scripts/readme_numbers.py $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 base-cifar10: install  ## the real twins' bases: ResNet-18 and ConvNeXt-Tiny trained on CIFAR-10, cached (docs/real_twins.md)
 	$(PY) scripts/build_base.py $(ARGS)

@@ -1,4 +1,4 @@
-"""Tiny fixtures in each dataset's real on-disk format, for tests/test_datasets.py.
+"""Tiny fixtures in each dataset's real on-disk format, for tests/data/test_datasets.py.
 
 Every writer takes the folder a config's ``data_dir`` (or ``packs_dir``) points at, writes a few
 images, and returns what the loader should find. Each image is one flat grey level that encodes

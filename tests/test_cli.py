@@ -200,7 +200,7 @@ COMMAND = re.compile(r"(?:^|[\s/])(?:python -m deltapatch\.(\w+)|deltapatch-(\w+
 NOT_RUN = {
     "hydra/launcher=slurm": "a SLURM cluster (sbatch)",
     "base=pretrained": "ImageNet weights in the hub cache",
-    "deltapatch.evaluate": "a patch from an earlier run (evaluate runs for real in test_reliability)",
+    "deltapatch.evaluate": "a patch from an earlier run (evaluate runs for real in training/test_reliability)",
     "deltapatch.train": "minutes of training: train's front door is run in test_console_of_a_run",
 }
 

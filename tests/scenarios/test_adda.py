@@ -160,7 +160,6 @@ def test_table6_presets_give_every_row_on_every_pair(preset, pairs):
     domains at 32 px, every seed its own vanilla model."""
     from hydra import compose, initialize_config_dir
 
-    from deltapatch.cli import quote_numeric_groups
     from helpers import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -170,8 +169,8 @@ def test_table6_presets_give_every_row_on_every_pair(preset, pairs):
         assert set(str(params["experiment/row"]).split(",")) == set(ROWS) and str(params.seed) == "0,1,2"
         for pair, (src, tgt) in pairs.items():
             for row, (adda, weight, target_only) in ROWS.items():
-                cfg = compose("config", overrides=quote_numeric_groups(
-                    [f"experiment={preset}", f"experiment/pair={pair}", f"experiment/row={row}", "seed=2"]))
+                cfg = compose("config", overrides=[f"experiment={preset}", f"experiment/pair={pair}",
+                                                   f"experiment/row={row}", "seed=2"])
                 sc = cfg.scenario
                 assert (cfg.dataset.name, sc.target.name) == (src, tgt)
                 assert cfg.dataset.image_size == sc.target.image_size == 32

@@ -18,7 +18,7 @@ from deltapatch.methods.adapters import conv3x3_bn_pairs
 
 from helpers import state_hash
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 HEAD = 512 * 3 + 3  # a new 3-class head on resnet18's 512 features
 
 

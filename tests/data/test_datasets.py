@@ -21,9 +21,9 @@ from deltapatch.errors import ConfigError
 
 import fixtures_datasets as fx
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 # the classification datasets of deltapatch.data; detection/segmentation/ZSDA datasets
-# (deltapatch.scenarios) are covered by tests/test_tasks.py
+# (deltapatch.scenarios) are covered by tests/scenarios/test_tasks.py
 def _classification(path: Path) -> bool:
     target = OmegaConf.load(path).get("_target_", "")
     return target.startswith("deltapatch.data.") and issubclass(hydra.utils.get_class(target), ClassificationDataModule)
