@@ -118,11 +118,13 @@ PRESETS: dict[str, Preset] = {
               rows(R50, "Fine-tuning"), ["stanford_cars 50%"]),
     ], imagenet_base=False),
     "table6": Preset("zsda", [
-        # each ∆ run also reports the source-trained vanilla model (its own row)
-        Sweep(["experiment/pair=mnist_usps,usps_mnist,svhn_mnist", "scenario.uniform_prior.weight=0.0"],
-              rows(R18, "Vanilla", D4), ["mnist→usps", "usps→mnist", "svhn→mnist"], jobs=3),
-        Sweep(["experiment/pair=mnist_usps", "scenario.uniform_prior.weight=0.1"],
-              rows(R18, "Vanilla + Uniform prior", D4 + " + Uniform prior"), ["mnist→usps"], jobs=1),
+        # each run also reports its starting model (its own row); one seed, every row kind, every pair
+        Sweep(["experiment/pair=mnist_usps,usps_mnist,svhn_mnist", "experiment/row=zsda_vanilla", "seed=0"],
+              rows(R18, "Vanilla", "Vanilla + " + D4), ["mnist→usps", "usps→mnist", "svhn→mnist"], jobs=3),
+        Sweep(["experiment/pair=mnist_usps", "seed=0",
+               "experiment/row=zsda_uniform_prior,zsda_adda,zsda_adda_uniform_prior,zsda_target_only"],
+              rows(R18, "Vanilla + Uniform prior", "Vanilla + Uniform prior + " + D4, "ADDA", "ADDA + " + D4,
+                   "ADDA + Uniform prior", "ADDA + Uniform prior + " + D4, "Target only"), ["mnist→usps"], jobs=4),
     ], imagenet_base=False),
     "table7": Preset("detection", [
         Sweep(["experiment/dense=detection_resnet18", "method=fc,delta"], rows(R18, "FC", D4), ["voc_detection"],
