@@ -109,3 +109,20 @@ def test_run_summary_fits_one_screen():
     assert "(unchanged)" not in "\n".join(moved)
 
 
+
+
+def test_known_lightning_noise_is_filtered_and_other_warnings_are_not():
+    """The warnings a normal run triggers by design (a frozen base in eval mode, a small sequential
+    task with fewer batches than the logging interval) are silenced; anything else still shows."""
+    import warnings
+
+    from deltapatch.console import setup_console
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup_console()
+        warnings.warn("The number of training batches (3) is smaller than the logging interval "
+                      "Trainer(log_every_n_steps=5).", UserWarning)
+        warnings.warn("Found 68 module(s) in eval mode at the start of training.", UserWarning)
+        warnings.warn("something a user must see", UserWarning)
+    assert [str(w.message) for w in caught] == ["something a user must see"]
