@@ -84,23 +84,9 @@ except ImportError:  # pragma: no cover
     _pl = None
 
 if _pl is not None:
-    class KillAt(_pl.Callback):
-        """SIGKILL this process (no clean-up, as a pre-empted job) when epoch ``epoch`` of task
-        ``task`` starts, once: ``marker`` is created first, so a rerun with the same config runs on."""
-
-        def __init__(self, task: str, epoch: int, marker: str):
-            self.task, self.epoch, self.marker = task, int(epoch), Path(marker)
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if getattr(pl_module, "task", None) == self.task and trainer.current_epoch == self.epoch \
-                    and not self.marker.exists():
-                import signal
-
-                self.marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    class CrashAt(_pl.Callback):
-        """Raise (as a crash would) when epoch ``epoch`` of task ``task`` starts, once (``marker``)."""
+    class _FailAt(_pl.Callback):
+        """Fail (``fail``) when epoch ``epoch`` of task ``task`` starts, once: ``marker`` is created
+        first, so a rerun with the same config runs on."""
 
         def __init__(self, task: str, epoch: int, marker: str):
             self.task, self.epoch, self.marker = task, int(epoch), Path(marker)
@@ -109,4 +95,21 @@ if _pl is not None:
             if getattr(pl_module, "task", None) == self.task and trainer.current_epoch == self.epoch \
                     and not self.marker.exists():
                 self.marker.touch()
-                raise RuntimeError(f"simulated crash at epoch {self.epoch} of {self.task}")
+                self.fail()
+
+        def fail(self) -> None:
+            raise NotImplementedError
+
+    class KillAt(_FailAt):
+        """SIGKILL this process (no clean-up, as a pre-empted job) at that epoch, once."""
+
+        def fail(self) -> None:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    class CrashAt(_FailAt):
+        """Raise (as a crash would) at that epoch, once."""
+
+        def fail(self) -> None:
+            raise RuntimeError(f"simulated crash at epoch {self.epoch} of {self.task}")
