@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# pytest-xdist workers for `make test` (auto: one per core); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= auto
 
 .PHONY: install train test bench report base-cifar10 readme-numbers clean
 
@@ -15,8 +17,8 @@ install: $(VENV)/.installed
 train: install  ## the default experiment (offline, a few minutes on 2 CPU cores)
 	$(PY) -m deltapatch.train $(ARGS)
 
-test: install  ## the whole test suite
-	$(PY) -m pytest -q $(ARGS)
+test: install  ## the whole test suite, one worker per core (a test file stays on one worker)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 bench: install  ## speed/size ratios side by side (scripts/bench.py)
 	$(PY) scripts/bench.py $(ARGS)
