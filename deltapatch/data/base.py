@@ -145,7 +145,21 @@ def to_rgb_pil(image: Any) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class SplitLoaders:
+    """Lightning's three dataloader hooks from one ``_loader(split, shuffle)``: training batches
+    shuffled, evaluation batches in order."""
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class ClassificationDataModule(SplitLoaders, pl.LightningDataModule):
     """Base DataModule: one dataset, optionally restricted to a subset of its classes.
 
     Splits: the dataset's own ``train``/``test`` (and ``val`` when ``has_val``); otherwise a
@@ -354,11 +368,3 @@ class ClassificationDataModule(pl.LightningDataModule):
                                        seed=self.seed, device=ic.batch_device(self), **common)
         return DataLoader(data, **common)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ShardSampler
+from .base import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ShardSampler, SplitLoaders
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 IGNORE_INDEX = 255  # VOC's "void" label: pixels on object borders, and padding
@@ -38,7 +38,7 @@ def segmentation_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([pad(i, 0.0) for i in images]), torch.stack([pad(m, IGNORE_INDEX) for m in masks])
 
 
-class DenseDataModule(pl.LightningDataModule):
+class DenseDataModule(SplitLoaders, pl.LightningDataModule):
     """Shared loaders. ``class_names`` excludes the background class (index 0 in both tasks).
 
     ``model_hints``: model sizes that fit this data (Faster R-CNN ``min_size``, ``anchor_sizes``,
@@ -93,15 +93,6 @@ class DenseDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class ShapesDetectionDataModule(DenseDataModule):
