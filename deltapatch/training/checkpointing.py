@@ -83,7 +83,9 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: pl.Trainer, kind: str) -> None:
         if trainer.sanity_checking or self._saved == (trainer.global_step, kind):
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes on rank 0
+        # every rank calls it; the strategy writes on rank 0. Not weights only: resuming needs the
+        # loops' and this callback's state (said explicitly, else Lightning logs a line per save).
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved = (trainer.global_step, kind)
 
     def state_dict(self) -> dict[str, Any]:
