@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable, Iterable, Sequence
 
-from .labels import column_of, row_variant
+from .labels import column_of, row_variant, task_names
 from .runs import Run
 from .values import metric_value, number
 from .verdicts import (FAIL, NOT_ENOUGH, PASS, Verdict, mean_diff_at_least_zero, most_cells_at_least_zero,
@@ -84,8 +84,9 @@ def claim_paint_costs_base(runs: Sequence[Run]) -> list[Verdict]:
     (a) Runs: method paint with numeric ``base_acc_before`` and ``base_acc_after``; a pair is one
     run (before, after). PASS: after < before strictly on more than half of the runs.
     (b) Runs: sequential paint runs with ``tasks_when_trained``; a pair is (run, earlier task):
-    its accuracy when trained vs its final accuracy, for every task but the last trained. PASS:
-    the final accuracy is strictly lower on more than half of the pairs.
+    its accuracy when trained vs its final accuracy, for every task but the last trained (in
+    ``task_order``, not the keys' order). PASS: the final accuracy is strictly lower on more than
+    half of the pairs.
     Both: NOT ENOUGH RUNS below 3 pairs; p is the one-sided Wilcoxon test of before > after.
     """
     paint = [r for r in runs if r.method == "paint"]
@@ -100,7 +101,8 @@ def claim_paint_costs_base(runs: Sequence[Run]) -> list[Verdict]:
         when, final = r.results.get("tasks_when_trained") or {}, r.results.get("tasks") or {}
         if r.scenario != "sequential" or not when:
             continue
-        for t in list(when)[:-1]:  # the last task is scored once: when trained = final
+        # in training order (results.json's task_order): its tasks objects are written with sorted keys
+        for t in [t for t in task_names(r.results) if t in when][:-1]:  # the last one: when trained = final
             earlier_a.append((cell(r, t, r.path), r.seed, when[t]))
             earlier_b.append((cell(r, t, r.path), r.seed, final.get(t)))
     out.append(paired_verdict("PAINT's sequential chain lowers earlier tasks",

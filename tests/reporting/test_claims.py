@@ -95,6 +95,20 @@ def test_most_cells_is_not_the_mean(tmp_path):
     assert v.numbers["diff_stat"]["mean"] > 0 and v.verdict == FAIL
 
 
+def test_sequential_chain_follows_task_order(tmp_path):
+    """results.json writes its tasks objects with sorted keys; the chain is read in task_order.
+    Trained c → a → b: c and a (the earlier tasks) drop, b (last) is scored once. Read in key
+    order (a, b, c) the pairs would be a (drop) and b (no change): 3 of 6, a FAIL."""
+    for seed in SEEDS:
+        _write(tmp_path, f"seq_{seed}", method="paint", scenario="sequential", dataset="a", seed=seed,
+               task_order=["c", "a", "b"], tasks={"a": 60.0, "b": 80.0, "c": 50.0 + seed},
+               tasks_when_trained={"a": 70.0, "b": 80.0, "c": 75.0})
+    chain = _by_claim(tmp_path)["PAINT's sequential chain lowers earlier tasks"]
+    assert chain.verdict == PASS
+    assert (chain.numbers["n_pairs"], chain.numbers["positive"], chain.numbers["zero"]) == (6, 6, 0)
+    assert chain.numbers["b_stat"]["mean"] == pytest.approx((60.0 * 3 + 50.0 + 51.0 + 52.0) / 6)
+
+
 def test_base_kept_and_paint_costs(verdicts, tmp_path):
     kept = verdicts["∆ methods keep the base exactly"]
     assert kept.verdict == PASS and kept.numbers["runs"] == 3 * 3 * 3 + 6  # ∆(1), ∆(4), static, zsda
