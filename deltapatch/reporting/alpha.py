@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .frame import Table, summarise
-from .labels import BACKBONE_ORDER, backbone_label, column_of, order, row_key, row_label, row_sort_key, slug
+from .labels import (BACKBONE_ORDER, backbone_label, column_of, order, row_key, row_label, row_sort_key, slug,
+                     task_names)
 from .runs import Run
 from .values import aggregate, metric_name, metric_value, number
 
@@ -18,7 +19,9 @@ def final_sweep(run: Run) -> tuple[list[dict], str, float | None] | None:
     """The α sweep of a run's last swept task (sequential: the final model on every task so far),
     the aggregate that selected α and the α chosen; None for runs without a sweep."""
     extra = run.results.get("extra") or {}
-    for task in reversed(list(extra)):
+    # training order (task_order): results.json writes its extra object with sorted keys
+    trained = [t for t in task_names(run.results) if t in extra]
+    for task in reversed(trained + [t for t in extra if t not in trained]):
         info = extra[task] or {}
         if info.get("alpha_sweep"):
             return info["alpha_sweep"], str(info.get("selection") or metric_name(run)), number(info.get("alpha"))

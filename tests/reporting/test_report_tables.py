@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from deltapatch.reporting.alpha import final_sweep
 from deltapatch.reporting.frame import fmt_cell, latex_text, summarise
 from deltapatch.reporting.runs import load_runs, n_deltas_of
 from deltapatch.reporting.tables import build_report, write_report
@@ -120,3 +121,21 @@ def test_zsda_runs_give_vanilla_rows(tmp_path):
     assert delta["n"] == 2 and delta["mean"] == 80.5 and delta["std"] == pytest.approx(statistics.stdev([80, 81]))
     params = dict(zip(table.labels["Method"], table.labels["# Params"]))
     assert params["Vanilla"] == "11.00M" and params["Vanilla + ∆-Networks (4)"] == "0.70M"
+
+
+def test_sequential_alpha_table_is_the_last_trained_step(tmp_path):
+    """A sequential PAINT run's α table is its last step's sweep (the final model on every task), in
+    task_order: the extra object is written with sorted keys, where "usps" comes after "fashion"."""
+    def step(alpha: float, tasks: list[str]) -> dict:
+        sweep = [{"alpha": a, "val": {"base": 80.0 - 10 * a, **{t: 50.0 + 10 * a for t in tasks}, "mean": 60.0}}
+                 for a in (0.0, 0.5, 1.0)]
+        return {"alpha": alpha, "alpha_sweep": sweep, "selection": "mean"}
+    order = ["omniglot", "usps", "fashion"]
+    _fake(tmp_path, "paint", method="paint", scenario="sequential", n_deltas=None, mean=55.0, base_acc_after=40.0,
+          task_order=order, tasks={t: 60.0 for t in order},
+          extra={t: step(a, order[:i + 1]) for i, (t, a) in enumerate(zip(order, (1.0, 0.5, 0.0)))})
+    (tmp_path / "paint" / "results.json").write_text(
+        json.dumps(json.loads((tmp_path / "paint" / "results.json").read_text()), sort_keys=True))
+    run = load_runs(tmp_path)[0]
+    sweep, selection, alpha = final_sweep(run)
+    assert alpha == 0.0 and set(sweep[0]["val"]) == {"base", "omniglot", "usps", "fashion", "mean"}
