@@ -38,7 +38,7 @@ def cells_by_backbone_and_column(runs: Sequence[Run]) -> list[tuple[tuple[str, s
 
 def _sweep_obs(sweeps: Sequence[tuple[Run, tuple[list[dict], str, float | None]]], selection: str
                ) -> tuple[list[dict[str, Any]], list[str]]:
-    """One observation per (α, value) of every sweep, and the tasks' keys in first-seen order."""
+    """One observation per (α, value) of every sweep, and the keys: base, then the tasks in task_order."""
     alphas = sorted({float(row["alpha"]) for _, (sweep, _, _) in sweeps for row in sweep})
     chosen = {a for _, (_, _, a) in sweeps if a is not None}
     keys: list[str] = []
@@ -54,7 +54,8 @@ def _sweep_obs(sweeps: Sequence[tuple[Run, tuple[list[dict], str, float | None]]
                     obs.append(label | {"column": f"test {k}", "value": v})
             obs.append(label | {"column": f"test {selection}", "value": test.get(sel)})
             obs.append(label | {"column": f"val {selection}", "value": val.get(sel)})
-    return obs, list(dict.fromkeys(keys))
+    ranked = ["base"] + [t for run, _ in sweeps for t in task_names(run.results)]  # sequential: training order
+    return obs, sorted(dict.fromkeys(keys), key=lambda k: ranked.index(k) if k in ranked else len(ranked))
 
 
 def _flat_obs(cell_runs: Sequence[Run], keys: Sequence[str], selection: str, first_rank: int) -> list[dict[str, Any]]:

@@ -127,8 +127,9 @@ def test_sequential_alpha_table_is_the_last_trained_step(tmp_path):
     """A sequential PAINT run's α table is its last step's sweep (the final model on every task), in
     task_order: the extra object is written with sorted keys, where "usps" comes after "fashion"."""
     def step(alpha: float, tasks: list[str]) -> dict:
-        sweep = [{"alpha": a, "val": {"base": 80.0 - 10 * a, **{t: 50.0 + 10 * a for t in tasks}, "mean": 60.0}}
-                 for a in (0.0, 0.5, 1.0)]
+        def scores(a: float) -> dict:
+            return {"base": 80.0 - 10 * a, **{t: 50.0 + 10 * a for t in tasks}, "mean": 60.0}
+        sweep = [{"alpha": a, "val": scores(a)} | ({"test": scores(a)} if a == alpha else {}) for a in (0.0, 0.5, 1.0)]
         return {"alpha": alpha, "alpha_sweep": sweep, "selection": "mean"}
     order = ["omniglot", "usps", "fashion"]
     _fake(tmp_path, "paint", method="paint", scenario="sequential", n_deltas=None, mean=55.0, base_acc_after=40.0,
@@ -139,3 +140,5 @@ def test_sequential_alpha_table_is_the_last_trained_step(tmp_path):
     run = load_runs(tmp_path)[0]
     sweep, selection, alpha = final_sweep(run)
     assert alpha == 0.0 and set(sweep[0]["val"]) == {"base", "omniglot", "usps", "fashion", "mean"}
+    table = next(t for t in build_report([run]).tables if "α sweep" in t.title)
+    assert table.columns[:4] == ["test base", "test omniglot", "test usps", "test fashion"]
