@@ -19,9 +19,7 @@ def final_sweep(run: Run) -> tuple[list[dict], str, float | None] | None:
     """The α sweep of a run's last swept task (sequential: the final model on every task so far),
     the aggregate that selected α and the α chosen; None for runs without a sweep."""
     extra = run.results.get("extra") or {}
-    # training order (task_order): results.json writes its extra object with sorted keys
-    trained = [t for t in task_names(run.results) if t in extra]
-    for task in reversed(trained + [t for t in extra if t not in trained]):
+    for task in reversed(task_names(run.results, "extra")):
         info = extra[task] or {}
         if info.get("alpha_sweep"):
             return info["alpha_sweep"], str(info.get("selection") or metric_name(run)), number(info.get("alpha"))

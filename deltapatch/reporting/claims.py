@@ -101,8 +101,7 @@ def claim_paint_costs_base(runs: Sequence[Run]) -> list[Verdict]:
         when, final = r.results.get("tasks_when_trained") or {}, r.results.get("tasks") or {}
         if r.scenario != "sequential" or not when:
             continue
-        # in training order (results.json's task_order): its tasks objects are written with sorted keys
-        for t in [t for t in task_names(r.results) if t in when][:-1]:  # the last one: when trained = final
+        for t in task_names(r.results, "tasks_when_trained")[:-1]:  # the last one: when trained = final
             earlier_a.append((cell(r, t, r.path), r.seed, when[t]))
             earlier_b.append((cell(r, t, r.path), r.seed, final.get(t)))
     out.append(paired_verdict("PAINT's sequential chain lowers earlier tasks",

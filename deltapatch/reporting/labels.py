@@ -114,10 +114,11 @@ def row_label(key: RowKey) -> str:
     return f"{label} + {variant}" if variant else label
 
 
-def task_names(results: Mapping[str, Any]) -> list[str]:
-    """The run's tasks in the order the scenario took them (results.json's ``task_order``; its
-    ``tasks`` object is written with sorted keys, so files without the list give that order)."""
-    tasks = list(results.get("tasks") or {})
+def task_names(results: Mapping[str, Any], key: str = "tasks") -> list[str]:
+    """The keys of the run's per-task object ``key`` (``tasks``, ``tasks_when_trained``, ``extra``)
+    in the order the scenario took them: results.json's ``task_order``. Those objects are written
+    with sorted keys, so files without the list give that order."""
+    tasks = list(results.get(key) or {})
     order = [t for t in (results.get("task_order") or []) if t in tasks]
     return order + [t for t in tasks if t not in order]
 
