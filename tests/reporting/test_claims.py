@@ -82,6 +82,23 @@ def test_delta_vs_paint_most_cells(verdicts):
     four = verdicts["∆(4) hmean ≥ PAINT's on most cells (single)"]
     assert four.verdict == PASS
     assert verdicts["∆ mean ≥ PAINT's on most cells (sequential)"].verdict == NOT_ENOUGH  # no sequential runs
+    assert verdicts["∆ hmean ≥ PAINT's on most cells (joint)"].verdict == NOT_ENOUGH  # no joint runs
+
+
+@pytest.mark.parametrize("paint_c, expected", [(60.0, PASS), (80.0, FAIL)])
+def test_delta_vs_paint_joint_cells(tmp_path, paint_c, expected):
+    """Table 3's twin: a joint run's cell is its task set (task_order joined), scored by hmean.
+    ∆(4) wins the a-b set and loses b-c; the x-y set decides the verdict (PAINT at 60 or 80)."""
+    cells = (("a", "b"), 75.0, 70.0), (("b", "c"), 70.0, 72.0), (("x", "y"), 70.0, paint_c)
+    for names, delta, paint in cells:
+        tasks = {t: 50.0 for t in names}
+        for seed in SEEDS:
+            for method, h in (("delta", delta), ("paint", paint)):
+                _write(tmp_path, f"{method}_{'-'.join(names)}_{seed}", method=method, n_deltas=4, seed=seed,
+                       scenario="joint", dataset=names[0], tasks=tasks, task_order=list(names), hmean=h + seed)
+    v = _by_claim(tmp_path)["∆(4) hmean ≥ PAINT's on most cells (joint)"]
+    assert v.numbers["n_cells"] == 3 and v.numbers["n_pairs"] == 9
+    assert v.verdict == expected
 
 
 def test_most_cells_is_not_the_mean(tmp_path):
