@@ -2,7 +2,8 @@
 """Build the base models of the real twins (``experiment=real/...``) and nothing else: each
 backbone trained on all ten CIFAR-10 classes with ``base=cifar10``'s recipe, cached by its config
 hash exactly where every real twin looks for it (a base already in the cache is only loaded and
-scored). Prints each base's validation and test accuracy and the wall and CPU time.
+scored; a build stopped part-way continues from its last finished epoch). Prints each base's
+validation and test accuracy and the wall and CPU time.
 
     make base-cifar10                                   # resnet18 and convnext_tiny
     .venv/bin/python scripts/build_base.py --backbones resnet18 base.epochs=2   # (another key)
@@ -64,15 +65,17 @@ def build(cfg) -> dict:
     """Train (or load) ``cfg``'s base and score it on its validation and test splits, in the same
     evaluation loop every run uses; returns the numbers and times."""
     from deltapatch.methods import create_method
-    from deltapatch.training.base_model import base_cache_key, obtain_base
+    from deltapatch.training.base_model import base_cache_key, base_cache_path, obtain_base, partial_dir
     from deltapatch.training.evaluation import BASE_KEY, EvalSet, LightningScorer
     from deltapatch.training.trainer import eval_trainer
 
-    from pytorch_lightning.loggers import CSVLogger
+    from deltapatch.training.loggers import AppendingCSVLogger
 
     cached = any(Path(cfg.base.cache_dir).glob(f"*-{base_cache_key(cfg)}.safetensors"))
-    # per-epoch validation accuracy and the training loss of a base trained now
-    logger = CSVLogger(save_dir=cfg.paths.output_dir, name=cfg.backbone.name, version=base_cache_key(cfg))
+    continued = not cached and (partial_dir(base_cache_path(cfg)) / "last.ckpt").exists()
+    # per-epoch validation accuracy and the training loss of a base trained now (a continued
+    # build appends to the log of the epochs it kept)
+    logger = AppendingCSVLogger(save_dir=cfg.paths.output_dir, name=cfg.backbone.name, version=base_cache_key(cfg))
     t0, c0 = time.perf_counter(), time.process_time()
     base = obtain_base(cfg, [logger])
     train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -82,7 +85,8 @@ def build(cfg) -> dict:
     accs = LightningScorer(lambda: eval_trainer(cfg), method, evalset).score_splits(("val", "test"))
     return {"backbone": cfg.backbone.name, "path": str(base.cache_path), "split": base.datamodule.split_info,
             "val": accs["val"][BASE_KEY], "test": accs["test"][BASE_KEY], "epochs": cfg.base.epochs,
-            "wall_s": train_wall, "cpu_s": train_cpu, "from_cache": cached, "log": None if cached else logger.log_dir,
+            "wall_s": train_wall, "cpu_s": train_cpu, "from_cache": cached, "continued": continued,
+            "log": None if cached else logger.log_dir,
             "total_wall_s": time.perf_counter() - t0}
 
 
@@ -102,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"-> {cfg.base.cache_dir}")
         row = guarded(build, cfg)
         rows.append(row)
+        how = ("loaded from cache" if row["from_cache"] else
+               "trained, continuing a stopped build," if row["continued"] else "trained")
         console.print(f"{row['backbone']}: val {row['val']:.2f} %, test {row['test']:.2f} % "
-                      f"({'loaded from cache' if row['from_cache'] else 'trained'} in {row['wall_s'] / 60:.1f} min "
-                      f"wall, {row['cpu_s'] / 60:.1f} min CPU) -> {row['path']}"
+                      f"({how} in {row['wall_s'] / 60:.1f} min wall, {row['cpu_s'] / 60:.1f} min CPU) -> {row['path']}"
                       + (f"; per-epoch log: {row['log']}/metrics.csv" if row["log"] else ""))
     table = Table(title="base models (CIFAR-10, all classes)")
     for col in ("backbone", "epochs", "train/val/test images", "val %", "test %", "wall min", "CPU min", "cache file"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 from ..checkpoint import atomic_path, read_state_dict, tensors_sha256, write_json
 from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import CheckpointError, ConfigError
+from .checkpointing import LastCheckpoint, usable_checkpoint
 from .module import BaseModule
 from .trainer import make_trainer
 
@@ -159,6 +161,9 @@ def train_cached(cfg: DictConfig, path: Path, num_classes: int, make_module: Cal
     metadata and ``info`` beside it as JSON) and read back, so a run uses exactly what later runs
     read from the cache. A truncated or corrupt entry is rebuilt with a warning.
 
+    A build killed part-way continues from its last finished epoch (``<path stem>.partial/last.ckpt``,
+    removed once the entry is written) to the same weights an uninterrupted build gives.
+
     Runs sharing a cache: a single-process run holds ``<path>.lock`` (``filelock``) while it looks
     for the entry and builds it, so concurrent runs wait for one builder and then read its file.
     Under DDP (world size > 1) every rank must train together, so no lock is taken there: start
@@ -228,30 +233,44 @@ def _user_error(exc: BaseException | None) -> Exception | None:
     return None
 
 
+def partial_dir(path: Path) -> Path:
+    """Where the build of the cache entry ``path`` keeps its epoch-end ``last.ckpt`` until it ends."""
+    return path.with_suffix(".partial")
+
+
 def _train_and_cache(cfg: DictConfig, path: Path, num_classes: int, make_module: Callable[[nn.Module], pl.LightningModule],
                      data: dict[str, Any], loggers: list | None, info: dict[str, Any] | None, pretrained: bool,
                      **trainer_overrides: Any) -> nn.Module:
-    log.info("training %s for %s epochs, to be cached at %s", cfg.backbone.name, cfg.base.epochs, path)
+    # a build killed part-way (pre-emption, a job's time limit) continues from its last finished
+    # epoch: hours of a base on a CPU or a short SLURM slot are not lost. The checkpoint carries
+    # the generators and the sampler is seeded by epoch, so the result is the uninterrupted one.
+    last = LastCheckpoint(partial_dir(path))
+    resume = usable_checkpoint(last.path)
+    log.info("training %s for %s epochs, to be cached at %s%s", cfg.backbone.name, cfg.base.epochs, path,
+             f" (continuing the build in {last.dirpath})" if resume else "")
     with torch.random.fork_rng():
         pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
         model = instantiate(cfg.backbone.model, pretrained=pretrained, num_classes=num_classes)
         module = make_module(model)
-        trainer = make_trainer(cfg, loggers=loggers, checkpoints=False, max_epochs=cfg.base.epochs,
+        # checkpoints=True with no stage: none of the run's own checkpoint callbacks, only ``last``
+        trainer = make_trainer(cfg, loggers=loggers, callbacks=[last], max_epochs=cfg.base.epochs,
                                limit_train_batches=cfg.base.get("limit_train_batches") or 1.0,
                                # bit-reproducible on CPU; CUDA lacks deterministic kernels for some
                                # backward passes (adaptive pooling): warn there instead of failing
                                deterministic=True if cfg.trainer.get("accelerator", "cpu") == "cpu" else "warn",
                                enable_model_summary=False, num_sanity_val_steps=0, **trainer_overrides)
-        trainer.fit(module, **data)
+        trainer.fit(module, ckpt_path=str(resume) if resume else None, **data)
     model.eval()
     if rank_zero_only.rank == 0:  # one writer; the other DDP ranks wait at the barrier, then read it
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"backbone": cfg.backbone.name, "tensors_sha256": tensors_sha256(tensors)})
-        write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {})})
+        write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {}),
+                                               **({"resumed": True} if resume else {})})
+        shutil.rmtree(last.dirpath, ignore_errors=True)
     trainer.strategy.barrier("model-cache")
     return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)
 
 
-__all__ = ["BaseInfo", "base_cache_key", "base_cache_path", "base_datamodule", "obtain_base", "read_state_dict",
-           "train_cached", "world_size"]
+__all__ = ["BaseInfo", "base_cache_key", "base_cache_path", "base_datamodule", "obtain_base", "partial_dir",
+           "read_state_dict", "train_cached", "world_size"]

@@ -1,7 +1,9 @@
 """The cache of trained base models, as a team sharing a cluster file system uses it: a corrupt
-entry is rebuilt (warned), concurrent runs wait for one builder, files follow the umask."""
+entry is rebuilt (warned), concurrent runs wait for one builder, a killed build continues where it
+stopped, files follow the umask."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -11,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from filelock import FileLock
 from helpers import ROOT, cli_env, state_hash
 
 from deltapatch.checkpoint import write_checked, write_json
 from deltapatch.scenarios import run
-from deltapatch.training.base_model import base_cache_key, obtain_base
+from deltapatch.training import base_model
+from deltapatch.training.base_model import base_cache_key, obtain_base, partial_dir
 
 
 def cache_file(cfg) -> Path:
@@ -42,6 +46,59 @@ def test_corrupt_cached_base_is_rebuilt(make_cfg, tmp_path, caplog, damage):
     with caplog.at_level(logging.INFO, logger="deltapatch"):
         obtain_base(cfg)  # the rebuilt entry is used as it is
     assert "model from cache" in caplog.text and "rebuilding" not in caplog.text
+
+
+class Killed(Exception):
+    """What a job's time limit does to a build."""
+
+
+class EpochWatch(pl.Callback):
+    """Records the epochs a build trains; raises :class:`Killed` as epoch ``kill_at`` starts (after
+    the previous epoch's checkpoint was written)."""
+
+    def __init__(self, kill_at: int | None = None):
+        self.kill_at, self.epochs = kill_at, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.kill_at:
+            raise Killed
+        self.epochs.append(trainer.current_epoch)
+
+
+def watch_builds(monkeypatch, watch: EpochWatch) -> None:
+    make = base_model.make_trainer
+    monkeypatch.setattr(base_model, "make_trainer",
+                        lambda *a, callbacks=(), **k: make(*a, callbacks=[*callbacks, watch], **k))
+
+
+def test_killed_base_build_continues_to_the_uninterrupted_weights(make_cfg, tmp_path, monkeypatch, caplog):
+    """A ConvNeXt base takes longer on 2 CPU cores than a session, and a cluster job can be
+    pre-empted: a killed build used to start again from epoch 0. It now trains only the epochs
+    left, from the last epoch-end checkpoint, and ends on the weights of an uninterrupted build."""
+    recipe = ("base.epochs=3", "base.limit_train_batches=3", "trainer.limit_val_batches=1")
+    whole = obtain_base(make_cfg(f"paths.cache_dir={tmp_path / 'whole'}", *recipe))
+    cfg = make_cfg(f"paths.cache_dir={tmp_path / 'killed'}", *recipe)
+    path = cache_file(cfg)
+
+    killer = EpochWatch(kill_at=2)
+    watch_builds(monkeypatch, killer)
+    with pytest.raises(Killed):
+        obtain_base(cfg)
+    assert killer.epochs == [0, 1] and not path.exists()
+    assert (partial_dir(path) / "last.ckpt").is_file()
+
+    monkeypatch.undo()
+    watch = EpochWatch()
+    watch_builds(monkeypatch, watch)
+    with caplog.at_level(logging.INFO, logger="deltapatch"):
+        resumed = obtain_base(cfg)
+    assert watch.epochs == [2]  # only the epoch left
+    assert f"continuing the build in {partial_dir(path)}" in caplog.text
+    assert state_hash(resumed.model) == state_hash(whole.model)
+    assert not partial_dir(path).exists()  # the entry is written: its build state is gone
+    assert json.loads(path.with_suffix(".json").read_text())["resumed"] is True
+    assert "resumed" not in json.loads(cache_file(make_cfg(f"paths.cache_dir={tmp_path / 'whole'}", *recipe))
+                                       .with_suffix(".json").read_text())
 
 
 BUILD = """
