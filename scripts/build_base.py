@@ -66,13 +66,14 @@ def build(cfg) -> dict:
     evaluation loop every run uses; returns the numbers and times."""
     from deltapatch.methods import create_method
     from deltapatch.training.base_model import base_cache_key, base_cache_path, obtain_base, partial_dir
+    from deltapatch.training.checkpointing import LAST
     from deltapatch.training.evaluation import BASE_KEY, EvalSet, LightningScorer
     from deltapatch.training.trainer import eval_trainer
 
     from deltapatch.training.loggers import AppendingCSVLogger
 
     cached = any(Path(cfg.base.cache_dir).glob(f"*-{base_cache_key(cfg)}.safetensors"))
-    continued = not cached and (partial_dir(base_cache_path(cfg)) / "last.ckpt").exists()
+    continued = not cached and (partial_dir(base_cache_path(cfg)) / LAST).exists()
     # per-epoch validation accuracy and the training loss of a base trained now (a continued
     # build appends to the log of the epochs it kept)
     logger = AppendingCSVLogger(save_dir=cfg.paths.output_dir, name=cfg.backbone.name, version=base_cache_key(cfg))

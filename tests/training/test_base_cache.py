@@ -76,7 +76,8 @@ def test_killed_base_build_continues_to_the_uninterrupted_weights(make_cfg, tmp_
     pre-empted: a killed build used to start again from epoch 0. It now trains only the epochs
     left, from the last epoch-end checkpoint, and ends on the weights of an uninterrupted build."""
     recipe = ("base.epochs=3", "base.limit_train_batches=3", "trainer.limit_val_batches=1")
-    whole = obtain_base(make_cfg(f"paths.cache_dir={tmp_path / 'whole'}", *recipe))
+    whole_cfg = make_cfg(f"paths.cache_dir={tmp_path / 'whole'}", *recipe)
+    whole = obtain_base(whole_cfg)
     cfg = make_cfg(f"paths.cache_dir={tmp_path / 'killed'}", *recipe)
     path = cache_file(cfg)
 
@@ -97,8 +98,7 @@ def test_killed_base_build_continues_to_the_uninterrupted_weights(make_cfg, tmp_
     assert state_hash(resumed.model) == state_hash(whole.model)
     assert not partial_dir(path).exists()  # the entry is written: its build state is gone
     assert json.loads(path.with_suffix(".json").read_text())["resumed"] is True
-    assert "resumed" not in json.loads(cache_file(make_cfg(f"paths.cache_dir={tmp_path / 'whole'}", *recipe))
-                                       .with_suffix(".json").read_text())
+    assert "resumed" not in json.loads(cache_file(whole_cfg).with_suffix(".json").read_text())
 
 
 BUILD = """
