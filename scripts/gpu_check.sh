@@ -8,7 +8,8 @@
 #      and finetune again in fp32 and in bf16 + channels_last (do they help? measured);
 #   3. workload: the JPEG workload on the GPU for resnet50 (JPEGs vs image cache vs feature
 #      cache, data-wait share, GPU utilisation from nvidia-smi), workers from the job's CPUs;
-#   4. report: $OUT/gpu_check.json, $OUT/gpu_check.md, and the Markdown printed.
+#   4. cuda_tests (GPU only): the tests marked `cuda` (`pytest -m cuda`), which CI skips;
+#   5. report: $OUT/gpu_check.json, $OUT/gpu_check.md, and the Markdown printed.
 # Each part has a time budget; a failing part is one line here (its log is $OUT/<part>.log) and
 # the others still run. Exit status: 0 when every part passed.
 #
@@ -126,8 +127,11 @@ part methods "$BUDGET_METHODS" "$PY" scripts/bench.py --workload methods --plain
   --json "$OUT/methods.json"
 part workload "$BUDGET_WORKLOAD" "$PY" scripts/bench.py --workload jpeg --plain --cache-dir "$CACHE" \
   "${WORKLOAD_ARGS[@]}" --json "$OUT/workload.json"
+if [ "$DEVICE" = cuda ]; then
+  part cuda_tests 180 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
+fi
 
-# ------------------------------------------------------------------ 4. report
+# ------------------------------------------------------------------ 5. report
 "$PY" scripts/bench_report.py "$OUT" || fail "could not write the report (see the parts' logs in $OUT)"
 say "written: $OUT/gpu_check.json, $OUT/gpu_check.md"
 exit "$FAILED"

@@ -112,7 +112,9 @@ class PaintMethod(FinetuneMethod):
         self.theta_ft = theta_ft
         sd = self.base.state_dict()
         for k in self.backbone_keys:
-            t0, t1 = self.theta_0[k], theta_ft[k]
+            # θ_0 is taken where the model was at add_task() (CPU, before Lightning moved it) and θ_ft
+            # where it is after training: interpolate on the device the backbone is on now
+            t0, t1 = self.theta_0[k].to(sd[k].device), theta_ft[k].to(sd[k].device)
             if alpha == 0.0:
                 value = t0
             elif alpha == 1.0:

@@ -315,6 +315,27 @@ def test_paint_alpha_end_points():
         assert torch.equal(method(x, None), ft_base)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_paint_interpolates_where_the_model_is_now():
+    """θ_0 is taken on the CPU (add_task before Lightning moves the model), θ_ft on the GPU: the
+    sweep runs on the GPU and α = 0.5 is the midpoint of the two (found by gpu_check's first run)."""
+    base = r18().eval()
+    method = PaintMethod(base)
+    method.add_task("a", 3)
+    theta_0 = {k: v.clone() for k, v in method.theta_0.items()}
+    method.cuda()
+    with torch.no_grad():  # "fine-tuning", on the GPU
+        for p in method.base.parameters():
+            p.add_(torch.randn_like(p))
+    method.theta_ft = method.backbone_state()
+    method.interpolate(0.5)
+    k = next(k for k in method.backbone_keys if k.endswith("conv1.weight"))
+    now = method.base.state_dict()[k]
+    assert now.is_cuda
+    torch.testing.assert_close(now.cpu(), torch.lerp(theta_0[k], method.theta_ft[k].cpu(), 0.5))
+
+
 def test_paint_sweep_chooses_alpha_on_validation():
     base = r18().eval()
     method = PaintMethod(base)
