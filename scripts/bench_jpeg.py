@@ -102,19 +102,28 @@ def datamodule(args: argparse.Namespace, root: Path, workers: int, cached: bool)
 
 def epoch(loader, step, wait: dict, name: str):
     """A case: a generator that runs one epoch of ``step`` over ``loader``, yielding per batch
-    and adding the time spent waiting for each batch to ``wait[name]``."""
+    and appending the epoch's time spent waiting for batches to ``wait[name]`` (one entry an epoch)."""
     def run():
         it = iter(loader)
+        waits = wait.setdefault(name, [])
+        waits.append(0.0)
         while True:
             t0 = time.perf_counter()
             try:
                 x, y = next(it)
             except StopIteration:
                 return
-            wait[name] = wait.get(name, 0.0) + time.perf_counter() - t0
+            waits[-1] += time.perf_counter() - t0
             step(x, y)
             yield
     return run
+
+
+def wait_shares(wait: dict[str, list[float]], samples: dict[str, list[float]], repeats: int) -> dict[str, float]:
+    """Each case's share of its timed epochs (``samples``, ms) spent waiting for batches
+    (``wait``, s an epoch). The warm-up epochs are left out, like the epoch times: counting their
+    wait (workers starting, a cold page cache) made a 2-round GPU run report 1.98 for read_imgcache."""
+    return {k: sum(wait[k][-repeats:]) / (sum(samples[k]) / 1e3) for k in samples}
 
 
 def run_group(args, models: Models, jpeg, cached, feats, util: GpuUtilization, w: int) -> dict[str, Any]:
@@ -125,7 +134,7 @@ def run_group(args, models: Models, jpeg, cached, feats, util: GpuUtilization, w
                                          pin_memory=args.device.startswith("cuda"))}
     if m.device.type == "cuda":
         loaders["imgcache"].device = m.device  # crop/flip/normalise on the GPU, as in training there
-    wait: dict[str, float] = {}
+    wait: dict[str, list[float]] = {}
     steps = {"decode_jpeg": ("jpeg", m.touch), "read_imgcache": ("imgcache", m.touch),
              "delta1_jpeg": ("jpeg", m.delta1), "delta1_imgcache": ("imgcache", m.delta1),
              "delta1_featcache": ("featcache", m.delta1_from), "fc_jpeg": ("jpeg", m.fc),
@@ -136,14 +145,11 @@ def run_group(args, models: Models, jpeg, cached, feats, util: GpuUtilization, w
     samples = time_epochs(cases, m.sync, args.warmup, args.repeats, by=by, windows=windows)
     ms = {k: median(v) for k, v in samples.items()}
     n = len(jpeg.splits["train"])
-    rounds = args.warmup + args.repeats
     return {
         "interleave": by, "ms": ms, "ms_samples": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
         "images_per_s": {k: n / (v / 1e3) for k, v in ms.items()},
         "ratios": {r: ms[a] / ms[b] for r, (a, b) in RATIOS.items()},
-        # waiting counts every epoch (warm-up too); epoch times count the timed rounds only
-        "data_wait_share": {k: wait.get(k, 0.0) / rounds / (sum(samples[k]) / len(samples[k]) / 1e3)
-                            for k in cases},
+        "data_wait_share": wait_shares(wait, samples, args.repeats),
         "gpu_util_pct": {k: util.mean(windows.get(k, [])) for k in cases} if util.proc else None,
     }
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,33 @@ def test_gpu_check_runs_every_part_on_cpu(tmp_path):
         proc = subprocess.run([script, "--no-install"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
         assert "gpu_check: ERROR:" in proc.stderr and "no CUDA device" in proc.stderr
+
+
+def test_data_wait_share_leaves_the_warm_up_out():
+    """A loader whose first epoch waits (workers starting) and whose later ones do not: the share
+    is taken over the timed epochs only, so it stays a share (below 1) and near 0 here."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_common import time_epochs
+    from bench_jpeg import epoch, wait_shares
+
+    class Loader:
+        def __init__(self):
+            self.epochs = 0
+
+        def __iter__(self):
+            self.epochs += 1
+            slow = self.epochs == 1
+            for _ in range(3):
+                if slow:
+                    time.sleep(0.05)
+                yield None, None
+
+    wait: dict = {}
+    cases = {"c": epoch(Loader(), lambda x, y: time.sleep(0.01), wait, "c")}
+    samples = time_epochs(cases, lambda: None, warmup=1, repeats=2, by="epoch")
+    assert len(wait["c"]) == 3 and wait["c"][0] >= 0.15 and len(samples["c"]) == 2
+    share = wait_shares(wait, samples, repeats=2)["c"]
+    assert 0 <= share < 0.5  # counting the warm-up epoch's 0.15 s gave about 1.6
 
 
 def test_report_of_a_failed_part_and_gpu_util_windows(tmp_path):
