@@ -26,8 +26,8 @@ from ..training.feature_loader import cached_train_loader
 from ..training.module import make_task_module
 from ..training.progress import RunProgress
 from ..training.trainer import eval_trainer, make_trainer
-from .common import (build_tasks, finish, is_rank_zero, make_loggers, results_skeleton, run_device, save_patch_file,
-                     scored_parts, seed)
+from .common import (build_tasks, dataset_names, finish, is_rank_zero, make_loggers, results_skeleton, run_device,
+                     save_patch_file, scored_parts, seed)
 
 log = logging.getLogger(__name__)
 SCENARIOS = ("single", "joint", "sequential")
@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fixed = {BASE_KEY: first["val"].get(BASE_KEY, base.reference_acc)} if method.keeps_base else {}
     aggregate, combine = aggregate_for(cfg.scenario.name)
 
-    results = results_skeleton(cfg, cfg.dataset.name, method)
+    results = results_skeleton(cfg, dataset_names(cfg), method)
     results.update(base_acc_before=before, tasks={}, val={}, extra={}, class_names={},
                    # results.json sorts its keys: the order the tasks came in is kept here (Tables 3/4 columns)
                    task_order=[key for name, dm in tasks.items() for key, _, _ in scored_parts(name, dm)])

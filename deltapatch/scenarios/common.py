@@ -73,6 +73,18 @@ def build_tasks(cfg: DictConfig) -> dict[str, ClassificationDataModule]:
     return tasks
 
 
+def dataset_names(cfg: DictConfig) -> str:
+    """results.json's ``dataset``: the data set the tasks come from, or, where they bring their own
+    (the task sets of Tables 3, 4 and 11), theirs in task order joined by '+', not the top-level
+    ``dataset`` that no task then uses."""
+    names: list[str] = []
+    for t in (cfg.scenario.get("tasks") or {}).values():
+        name = str(((t or {}).get("dataset") or cfg.dataset).name)
+        if name not in names:
+            names.append(name)
+    return "+".join(names) or str(cfg.dataset.name)
+
+
 def scored_parts(name: str, dm: ClassificationDataModule) -> list[tuple[str, ClassificationDataModule, int]]:
     """What to score for a trained task: itself, or each part of a joint task with its label
     offset into the union head."""

@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from deltapatch.scenarios.common import dataset_names
 from deltapatch.training.base_model import base_cache_key
 
 from fixtures_datasets import tar_folder, write_image_folder
@@ -83,6 +84,20 @@ def test_every_job_of_a_real_preset_composes(preset, tmp_path):
                                                     f"experiment/real/backbone={run.backbone.model.name}"])
                 built[name] = base_cache_key(base)
             assert base_cache_key(run) == built[name], f"{job}: not the base build_base.py builds"
+
+
+def test_results_name_the_data_sets_the_tasks_come_from():
+    """results.json's ``dataset`` for a task set (Tables 3/4) names the task set's data sets, not the
+    preset's top-level dataset that no task uses (run summaries said "gtsrb_pack" for Omniglot →
+    USPS → Fashion-MNIST); a run on one data set keeps its name."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        t4 = compose("config", overrides=["experiment=real/table4", "experiment/tasks=real_omniglot_usps_fashion"])
+        assert t4.dataset.name == "gtsrb_pack"
+        assert dataset_names(t4) == "omniglot_pack+usps_pack+fashion_mnist"
+        t3 = compose("config", overrides=["experiment=real/table3"])
+        assert dataset_names(t3) == "gtsrb_pack+mnist_pack+fashion_mnist"
+        assert dataset_names(compose("config", overrides=["scenario=sequential"])) == "digits"
+        assert dataset_names(compose("config", overrides=["experiment=real/table2", "dataset=usps_pack"])) == "usps_pack"
 
 
 def _build_base_module():
