@@ -57,15 +57,19 @@ def run_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if gpu else "cpu")
 
 
-def build_tasks(cfg: DictConfig) -> dict[str, ClassificationDataModule]:
-    """``scenario.tasks``: name -> overrides of the top-level dataset (``classes``, ``sample_rate``…)
-    or a whole dataset config under ``dataset``. Joint patching wraps them into one task."""
-    tasks = {}
+def task_specs(cfg: DictConfig) -> dict[str, tuple[DictConfig, dict[str, Any]]]:
+    """``scenario.tasks`` as name -> (the dataset config the task uses: its own ``dataset``, else the
+    top-level one; the task's overrides of it, ``classes``, ``sample_rate``…)."""
+    specs = {}
     for name, t in (cfg.scenario.get("tasks") or {}).items():
         t = t or {}
-        dcfg = t.get("dataset") or cfg.dataset
-        overrides = {k: v for k, v in t.items() if k != "dataset"}
-        tasks[str(name)] = instantiate(dcfg, **overrides)
+        specs[str(name)] = (t.get("dataset") or cfg.dataset, {k: v for k, v in t.items() if k != "dataset"})
+    return specs
+
+
+def build_tasks(cfg: DictConfig) -> dict[str, ClassificationDataModule]:
+    """The data module of each task of :func:`task_specs`. Joint patching wraps them into one task."""
+    tasks = {name: instantiate(dcfg, **overrides) for name, (dcfg, overrides) in task_specs(cfg).items()}
     if not tasks:
         raise ConfigError("scenario.tasks is empty: give at least one task")
     if cfg.scenario.name == "joint":
@@ -77,11 +81,7 @@ def dataset_names(cfg: DictConfig) -> str:
     """results.json's ``dataset``: the data set the tasks come from, or, where they bring their own
     (the task sets of Tables 3, 4 and 11), theirs in task order joined by '+', not the top-level
     ``dataset`` that no task then uses."""
-    names: list[str] = []
-    for t in (cfg.scenario.get("tasks") or {}).values():
-        name = str(((t or {}).get("dataset") or cfg.dataset).name)
-        if name not in names:
-            names.append(name)
+    names = dict.fromkeys(str(dcfg.name) for dcfg, _ in task_specs(cfg).values())  # task order, once each
     return "+".join(names) or str(cfg.dataset.name)
 
 
