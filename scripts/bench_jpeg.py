@@ -6,7 +6,9 @@ aspect; generated once into ``--cache-dir``) is read through the project's own
 
 - decode + transform alone (images/s), and reading the image cache alone;
 - ∆(1) epochs from JPEGs, from the image cache (``image_cache=true``), from the feature cache
-  (fp16, memory-mapped: what ``cache_features`` does at paper scale);
+  (fp16, memory-mapped: what ``cache_features`` does at paper scale) and from the same features
+  held in the training device's memory (``cache_features_on_device``: GPU memory on a GPU, host
+  RAM on a CPU run);
 - FC-only epochs (JPEGs, image cache) and full fine-tuning epochs (JPEGs).
 
 Cases of one (backbone, workers) group alternate batch by batch (``num_workers=0``) or epoch by
@@ -38,11 +40,12 @@ from deltapatch.cache import FeatureCache  # noqa: E402
 from deltapatch.data import ImageFolderDataModule  # noqa: E402
 from deltapatch.data import image_cache as ic  # noqa: E402
 
-CASES = ("decode_jpeg", "read_imgcache", "delta1_jpeg", "delta1_imgcache", "delta1_featcache", "fc_jpeg",
-         "fc_imgcache", "finetune_jpeg")
+CASES = ("decode_jpeg", "read_imgcache", "delta1_jpeg", "delta1_imgcache", "delta1_featcache",
+         "delta1_featcache_resident", "fc_jpeg", "fc_imgcache", "finetune_jpeg")
 RATIOS = {  # name: (numerator case, denominator case)
     "imgcache_vs_jpeg_delta1": ("delta1_imgcache", "delta1_jpeg"),
     "featcache_vs_jpeg_delta1": ("delta1_featcache", "delta1_jpeg"),
+    "featcache_resident_vs_jpeg_delta1": ("delta1_featcache_resident", "delta1_jpeg"),
     "decode_share_of_jpeg_delta1": ("decode_jpeg", "delta1_jpeg"),
     "fc_vs_delta1_jpeg": ("fc_jpeg", "delta1_jpeg"),
     "finetune_vs_delta1_jpeg": ("finetune_jpeg", "delta1_jpeg"),
@@ -52,6 +55,7 @@ RATIOS = {  # name: (numerator case, denominator case)
 TARGETS = [
     ("imgcache_epoch_vs_jpeg", "resnet18", "imgcache_vs_jpeg_delta1", 0.7, False),
     ("featcache_epoch_vs_jpeg", "resnet50", "featcache_vs_jpeg_delta1", 0.25, False),
+    ("featcache_resident_epoch_vs_jpeg", "resnet50", "featcache_resident_vs_jpeg_delta1", 0.25, False),
     ("gpu_delta1_vs_fc_imgcache", "resnet50", "delta1_vs_fc_imgcache", 1.3, True),
     ("gpu_data_wait_share_delta1_imgcache", "resnet50", "wait:delta1_imgcache", 0.10, True),
 ]
@@ -126,18 +130,20 @@ def wait_shares(wait: dict[str, list[float]], samples: dict[str, list[float]], r
     return {k: sum(wait[k][-repeats:]) / (sum(samples[k]) / 1e3) for k in samples}
 
 
-def run_group(args, models: Models, jpeg, cached, feats, util: GpuUtilization, w: int) -> dict[str, Any]:
+def run_group(args, models: Models, jpeg, cached, feats, resident, util: GpuUtilization, w: int) -> dict[str, Any]:
     """Every case of one (backbone, workers) group, interleaved; medians and ratios."""
     m = models
     loaders = {"jpeg": jpeg.train_dataloader(), "imgcache": cached.train_dataloader(),
                "featcache": feats.loader(args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
-                                         pin_memory=args.device.startswith("cuda"))}
+                                         pin_memory=args.device.startswith("cuda")),
+               "resident": resident.loader(args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))}
     if m.device.type == "cuda":
         loaders["imgcache"].device = m.device  # crop/flip/normalise on the GPU, as in training there
     wait: dict[str, list[float]] = {}
     steps = {"decode_jpeg": ("jpeg", m.touch), "read_imgcache": ("imgcache", m.touch),
              "delta1_jpeg": ("jpeg", m.delta1), "delta1_imgcache": ("imgcache", m.delta1),
-             "delta1_featcache": ("featcache", m.delta1_from), "fc_jpeg": ("jpeg", m.fc),
+             "delta1_featcache": ("featcache", m.delta1_from),
+             "delta1_featcache_resident": ("resident", m.delta1_from), "fc_jpeg": ("jpeg", m.fc),
              "fc_imgcache": ("imgcache", m.fc), "finetune_jpeg": ("jpeg", m.finetune)}
     cases = {name: epoch(loaders[src], fn, wait, name) for name, (src, fn) in steps.items()}
     by = args.interleave if args.interleave != "auto" else ("epoch" if w > 0 else "batch")
@@ -188,16 +194,25 @@ def main(argv: list[str] | None = None) -> dict:
             models.sync()
             caches[bb] = {"built": feats.computed, "seconds": time.perf_counter() - t0,
                           "bytes": sum(p.stat().st_size for p in feats.path.iterdir()), "memmapped": feats.memmapped}
+            # the same entry read in whole and held where training runs (what cache_features_on_device does)
+            t0 = time.perf_counter()
+            resident = FeatureCache(models.net, models.stage, source, dataset_id=feats.dataset_id,
+                                    cache_dir=cache_dir / "features", max_memory_bytes=0, verify=False,
+                                    device=models.device).keep_on(models.device)
+            models.sync()
+            caches[bb]["resident_seconds"] = time.perf_counter() - t0
             for w in args.workers:
                 group = run_group(args, models, datamodule(args, root, w, False), datamodule(args, root, w, True),
-                                  feats, util, w)
+                                  feats, resident, util, w)
                 ms = group["ms"]
                 group["breakeven_epochs"] = {
                     "image_cache": breakeven(image_cache["seconds"], ms["delta1_jpeg"], ms["delta1_imgcache"]),
                     "feature_cache": breakeven(caches[bb]["seconds"], ms["delta1_jpeg"], ms["delta1_featcache"]),
+                    "feature_cache_resident": breakeven(caches[bb]["seconds"] + caches[bb]["resident_seconds"],
+                                                        ms["delta1_jpeg"], ms["delta1_featcache_resident"]),
                 }
                 groups[f"{bb}_w{w}"] = group
-            del models
+            del models, feats, resident
     finally:
         util.stop()
     result = {"groups": groups, "image_cache": image_cache, "feature_cache": caches,
@@ -261,6 +276,9 @@ def report(result: dict, plain: bool) -> None:
         rows.append((f"feature cache {bb}", "built" if c["built"] else "reused", f"{c['seconds']:.1f}",
                      f"{c['bytes'] / 1e6:.1f}", " / ".join(f"{g}: {fmt(v['breakeven_epochs']['feature_cache'])}"
                                                            for g, v in result["groups"].items() if g.startswith(bb))))
+        rows.append((f"  held in training memory", "read in", f"{c['resident_seconds']:.1f}", "-",
+                     " / ".join(f"{g}: {fmt(v['breakeven_epochs']['feature_cache_resident'])}"
+                                for g, v in result["groups"].items() if g.startswith(bb))))
     tables.append(("caches (build time includes the checksum of a reused file)",
                    ("cache", "state", "seconds", "MB on disk", "break-even epochs"), rows))
     tables.append(("targets (issue 17)", ("target", "value", "limit", "status", "missed by"),

@@ -72,11 +72,13 @@ def markdown(report: dict) -> str:
             lines += [f"| {k} | {v:.3f} |" for k, v in g["ratios"].items()]
             be = g.get("breakeven_epochs", {})
             lines += ["", f"Break-even epochs: image cache {_f(be.get('image_cache'), '.2f')}, "
-                          f"feature cache {_f(be.get('feature_cache'), '.2f')}.", ""]
+                          f"feature cache {_f(be.get('feature_cache'), '.2f')}, held in training memory "
+                          f"{_f(be.get('feature_cache_resident'), '.2f')}.", ""]
         ic = workload["image_cache"]
         lines.append(f"Image cache: {ic['bytes'] / 1e6:.0f} MB, {ic['seconds']:.1f} s to build"
                      f"{'' if ic['built'] else ' (reused)'}; " + "; ".join(
-                         f"feature cache {bb}: {fc['bytes'] / 1e6:.0f} MB, {fc['seconds']:.1f} s"
+                         f"feature cache {bb}: {fc['bytes'] / 1e6:.0f} MB, {fc['seconds']:.1f} s "
+                         f"(+{_f(fc.get('resident_seconds'), '.1f')} s to hold it in training memory)"
                          for bb, fc in workload["feature_cache"].items()) + ".")
         lines += ["", "Targets:", ""]
         lines += [f"- {t['status'].upper()} {name} = {_f(t['value'], '.3f')} (target {t['limit']})"

@@ -7,7 +7,7 @@
 #      PAINT) through the project's training path: images/s and peak GPU memory per method; ∆(1)
 #      and finetune again in fp32 and in bf16 + channels_last (do they help? measured);
 #   3. workload: the JPEG workload on the GPU for resnet50 (JPEGs vs image cache vs feature
-#      cache, data-wait share, GPU utilisation from nvidia-smi), workers from the job's CPUs;
+#      cache, from host memory and held in GPU memory; data-wait share, GPU utilisation from nvidia-smi), workers from the job's CPUs;
 #   4. cuda_tests (GPU only): the tests marked `cuda` (`pytest -m cuda`), which CI skips;
 #   5. report: $OUT/gpu_check.json, $OUT/gpu_check.md, and the Markdown printed.
 # Each part has a time budget; a failing part is one line here (its log is $OUT/<part>.log) and

@@ -71,11 +71,12 @@ def test_jpeg_workload_quick_creates_and_reuses_caches(tmp_path):
         assert all(v > 0 for v in group["images_per_s"].values())
         assert set(group["ratios"]) == set(RATIOS) and all(v > 0 for v in group["ratios"].values())
         assert all(0 <= v <= 1.0001 for v in group["data_wait_share"].values())
-        assert set(group["breakeven_epochs"]) == {"image_cache", "feature_cache"}
+        assert set(group["breakeven_epochs"]) == {"image_cache", "feature_cache", "feature_cache_resident"}
     assert first["groups"]["resnet18_w0"]["interleave"] == "batch"
     assert first["groups"]["resnet18_w2"]["interleave"] == "epoch"  # background workers: epoch by epoch
     assert first["jpegs"]["generated"] and first["image_cache"]["built"] and first["feature_cache"]["resnet18"]["built"]
     assert first["image_cache"]["bytes"] > 0 and first["feature_cache"]["resnet18"]["memmapped"]
+    assert first["feature_cache"]["resnet18"]["resident_seconds"] > 0  # the entry read back in whole
     assert first["peak_rss_mb"]["self"] > 0 and set(first["decode_images_per_s"]) == set(first["groups"])
     # every target of the issue has a line; resnet50's are n/a in this resnet18-only smoke run
     assert {"imgcache_epoch_vs_jpeg_resnet18_w0", "featcache_epoch_vs_jpeg_resnet50_w2"} <= set(first["targets"])
@@ -116,7 +117,7 @@ def test_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert variant["images_per_s"] > 0 and variant["speed_vs_main"] > 0 and variant["variant"] == "fp32-cl"
     assert report["workload"]["groups"]["resnet18_w0"]["ratios"]["featcache_vs_jpeg_delta1"] > 0
     md = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "| delta4 |" in md and "| delta1_imgcache |" in md and "| delta1 | fp32-cl |" in md and md in proc.stdout
+    assert "| delta4 |" in md and "| delta1_imgcache |" in md and "| delta1_featcache_resident |" in md and "| delta1 | fp32-cl |" in md and md in proc.stdout
     if not __import__("torch").cuda.is_available():
         proc = subprocess.run([script, "--no-install"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
@@ -31,6 +30,7 @@ from ..data.joint import JointDataModule
 from ..errors import ConfigError, InvariantError
 from ..methods.base import Method
 from ..patch import base_fingerprint
+from ..training.trainer import run_device  # noqa: F401  (the scenarios' hand-written loops use it)
 from ..training.wandb_run import is_wandb, log_run
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ def seed(value: int) -> None:
 def make_loggers(cfg: DictConfig) -> list:
     """``cfg.logger`` instantiated (CSV always; W&B when chosen)."""
     return [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-
-
-def run_device(cfg: DictConfig) -> torch.device:
-    """Where hand-written loops (λ means, detection scores) run: the GPU when the trainer uses one."""
-    gpu = cfg.trainer.get("accelerator", "cpu") in ("gpu", "cuda") and torch.cuda.is_available()
-    return torch.device("cuda" if gpu else "cpu")
 
 
 def task_specs(cfg: DictConfig) -> dict[str, tuple[DictConfig, dict[str, Any]]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -64,6 +65,13 @@ def check_launch(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.strategy={strategy} starts its other ranks by re-running the command, which "
                           f"inside a local multirun (-m) re-runs the whole sweep; use trainer.strategy=ddp_spawn "
                           f"for a local sweep, or hydra/launcher=slurm with tasks_per_node=trainer.devices")
+
+
+def run_device(cfg: DictConfig) -> torch.device:
+    """Where hand-written loops (λ means, detection scores, the feature cache's prefix pass) run:
+    the GPU when the trainer uses one."""
+    gpu = cfg.trainer.get("accelerator", "cpu") in ("gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
 
 
 def make_callbacks(cfg: DictConfig, stage: str | None, checkpoints: bool = True) -> list[pl.Callback]:

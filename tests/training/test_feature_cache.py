@@ -249,3 +249,82 @@ def test_runner_cache_features_auto(make_cfg, caplog):
     assert "training from cached stage-3 features of digits (64 samples" in caplog.text
     assert f"{64 * (256 * 2 * 2 * 4 + 8) / 1e6:.1f} MB in memory" in caplog.text
     assert res["tasks"]["patch"] is not None
+
+
+def test_keep_on_reads_a_mapped_cache_into_memory_once(net, data, tmp_path):
+    """keep_on(host): a memory-mapped cache becomes an in-memory one with the same rows, and its
+    loader gives the same batches in the same order."""
+    mem = FeatureCache(net, 3, plain_loader(data), **EXACT)
+    disk = FeatureCache(net, 3, plain_loader(data), dataset_id="d", cache_dir=tmp_path, max_memory_bytes=0, **EXACT)
+    assert disk.memmapped
+    before = [y for _, y in disk.loader(BS, generator=torch.Generator().manual_seed(2))]
+    assert disk.keep_on("cpu") is disk and not disk.memmapped
+    assert torch.equal(disk.features, mem.features)
+    disk.features[0].zero_()  # its own copy: the file on disk is untouched
+    assert np.load(disk.path / "features.npy", mmap_mode="r")[0].any()
+    after = [y for _, y in disk.loader(BS, generator=torch.Generator().manual_seed(2))]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_cache_features_on_device_setting(make_cfg):
+    """Only true, false and auto; auto never moves features on a CPU run."""
+    from deltapatch.cache import fits_on_device
+    from deltapatch.training.feature_loader import resident_setting, training_device
+
+    assert resident_setting(make_cfg()) == "auto"
+    assert resident_setting(make_cfg("cache_features_on_device=false")) is False
+    with pytest.raises(ConfigError, match="cache_features_on_device='gpu': use true, false or auto"):
+        resident_setting(make_cfg("cache_features_on_device=gpu"))
+    assert training_device(make_cfg()) == torch.device("cpu")
+    assert fits_on_device(1, "cpu") is False
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_gpu_resident_cache_gathers_on_the_gpu_and_trains_alike(net, data):
+    """keep_on("cuda"): rows and labels live on the GPU, batches come out there as float32 equal
+    to the host cache's, and training from them matches training from the host cache."""
+    from deltapatch.cache import fits_on_device
+
+    net = net.cuda()
+    host = FeatureCache(net, 3, plain_loader(data))  # fp16 rows, as a bf16 run stores them
+    gpu = FeatureCache(net, 3, plain_loader(data))
+    assert gpu.keep_on("cuda") is gpu and gpu.features.is_cuda and gpu.labels.is_cuda
+    assert fits_on_device(gpu.nbytes, "cuda") and not fits_on_device(1 << 60, "cuda")
+    idx = [17, 2, 9, 2, 0]
+    f, y = gpu.dataset[idx]
+    assert f.is_cuda and f.dtype == torch.float32 and y.is_cuda
+    fh, yh = host.dataset[idx]
+    assert torch.equal(f.cpu(), fh) and torch.equal(y.cpu(), yh)
+
+    def train(model, cache):
+        torch.manual_seed(3)
+        opt = torch.optim.SGD(model.trainable_parameters("t"), lr=0.05, momentum=0.9)
+        losses = []
+        for x, y in cache.loader(BS, generator=torch.Generator().manual_seed(11)):
+            loss = nn.functional.cross_entropy(model.forward_from(x.cuda(), "t"), y.cuda())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return torch.tensor(losses)
+
+    net_host, net_gpu = net, copy.deepcopy(net)
+    torch.testing.assert_close(train(net_gpu, gpu), train(net_host, host), atol=1e-5, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_runner_builds_the_cache_on_the_gpu_and_keeps_it_there(make_cfg, caplog, tmp_path):
+    """trainer=gpu cache_features=true: the prefix pass runs on the GPU, the features stay there
+    (auto), and the run trains to what the host-resident cache gives."""
+    from deltapatch.scenarios import run
+
+    over = ("trainer=gpu", "cache_features=true", "trainer.max_epochs=2", "lambda_batches=0")
+    with caplog.at_level("INFO", logger="deltapatch.training.feature_loader"):
+        resident = run(make_cfg(*over))
+    assert "features held in cuda:0 memory" in caplog.text
+    host = run(make_cfg(*over, "cache_features_on_device=false", f"paths.output_dir={tmp_path / 'host'}"))
+    # bf16, non-deterministic kernels: a few of 174 test images may flip
+    assert resident["tasks"]["patch"] == pytest.approx(host["tasks"]["patch"], abs=3.5)
+    assert resident["base_model_unchanged"] and host["base_model_unchanged"]
