@@ -25,8 +25,8 @@ from ..training.evaluation import BASE_KEY, EvalSet, LightningScorer, mean_lambd
 from ..training.feature_loader import cached_train_loader
 from ..training.module import make_task_module
 from ..training.progress import RunProgress
-from ..training.trainer import eval_trainer, make_trainer
-from .common import (build_tasks, dataset_names, finish, is_rank_zero, make_loggers, results_skeleton, run_device,
+from ..training.trainer import eval_trainer, make_trainer, run_device
+from .common import (build_tasks, dataset_names, finish, is_rank_zero, make_loggers, results_skeleton,
                      save_patch_file, scored_parts, seed)
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from ..data.joint import JointDataModule
 from ..errors import ConfigError, InvariantError
 from ..methods.base import Method
 from ..patch import base_fingerprint
-from ..training.trainer import run_device  # noqa: F401  (the scenarios' hand-written loops use it)
 from ..training.wandb_run import is_wandb, log_run
 
 log = logging.getLogger(__name__)

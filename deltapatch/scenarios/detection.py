@@ -37,8 +37,8 @@ from ..data.dense import DenseDataModule
 from ..delta.body import DeltaBody
 from ..errors import ConfigError
 from ..training.module import optimizers_for
-from ..training.trainer import make_trainer
-from .common import check_base, config_dict, count_trainable, finish, make_loggers, results_skeleton, run_device, save_trained
+from ..training.trainer import make_trainer, run_device
+from .common import check_base, config_dict, count_trainable, finish, make_loggers, results_skeleton, save_trained
 from .dense import delta_options, model_settings, prepare_dense
 
 log = logging.getLogger(__name__)
