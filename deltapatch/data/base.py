@@ -5,6 +5,7 @@ returns the samples and labels of one official split and sets ``self.all_class_n
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,22 @@ def process_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
+    """How a DataLoader with ``num_workers`` starts its workers (its ``multiprocessing_context``).
+
+    Outside torch.distributed: ``None``, torch's default (fork on Linux). In a DDP rank:
+    ``forkserver``. A rank has threads (gloo's, W&B's, Lightning's) and a child forked while one of
+    them holds a C-library lock hangs before it runs a line: rank 1 of ``trainer=ddp`` once hung
+    so on CI, its worker stuck in ``Popen._launch``. The server is a fresh interpreter that imports
+    torch and deltapatch.data once; each worker is forked from it, single-threaded.
+    """
+    if num_workers <= 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "deltapatch.data"])  # read when the server starts, once a process
+    return ctx
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -344,6 +361,7 @@ class ClassificationDataModule(SplitLoaders, pl.LightningDataModule):
         kwargs: dict[str, Any] = {
             "num_workers": self.num_workers, "pin_memory": self.pin_memory,
             "persistent_workers": workers if self.persistent_workers is None else self.persistent_workers and workers,
+            "multiprocessing_context": worker_context(self.num_workers),
         }
         if workers and self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ShardSampler, SplitLoaders
+from .base import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ShardSampler, SplitLoaders, worker_context
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 IGNORE_INDEX = 255  # VOC's "void" label: pixels on object borders, and padding
@@ -92,6 +92,7 @@ class DenseDataModule(SplitLoaders, pl.LightningDataModule):
                           sampler=sampler, drop_last=shuffle and len(sampler) >= self.batch_size,
                           num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0,
+                          multiprocessing_context=worker_context(self.num_workers),
                           generator=torch.Generator().manual_seed(self.seed))
 
 

@@ -215,10 +215,11 @@ def _fingerprint(dm: Any, split: str, data: Any, plan: CachePlan) -> dict:
 
 
 def _build(root: Path, key: str, meta: dict, data: Any, plan: CachePlan, workers: int) -> None:
-    from .base import TaskDataset
+    from .base import TaskDataset, worker_context
 
     source = TaskDataset(data.samples, data.labels, data.indices, data.label_map, plan.pixel)
-    loader = DataLoader(source, batch_size=64, shuffle=False, num_workers=workers)
+    loader = DataLoader(source, batch_size=64, shuffle=False, num_workers=workers,
+                        multiprocessing_context=worker_context(workers))
     t0 = time.perf_counter()
     with EntryWriter(root, key, meta) as w:
         for x, _ in loader:

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import get_adapter
-from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule, EpochSampler, TaskDataset
+from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule, EpochSampler, TaskDataset, worker_context
 from ..errors import ConfigError
 from ..methods.base import freeze
 from .zsda_models import train_once
@@ -149,6 +149,7 @@ def images_loader(data: TaskDataset, batch_size: int, seed: int, num_workers: in
     sampler = EpochSampler(images, seed)
     return DataLoader(images, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
+                      multiprocessing_context=worker_context(num_workers),
                       generator=torch.Generator().manual_seed(seed))
 
 

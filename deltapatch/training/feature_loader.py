@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ..cache import DEVICE_SHARE, FeatureCache, auto_feature_cache, fits_on_device, human_bytes, storage_dtype
-from ..data.base import ClassificationDataModule, EpochBatchSampler, training_sampler
+from ..data.base import ClassificationDataModule, EpochBatchSampler, training_sampler, worker_context
 from ..errors import ConfigError
 from ..methods.base import Method
 from .trainer import run_device
@@ -41,7 +41,7 @@ def cached_train_loader(cfg: DictConfig, method: Method, task: str,
     method.to(device)  # the prefix pass runs where training will (on a GPU, not on the host's cores)
     train = dm.splits["train"]
     source = DataLoader(train, batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", multiprocessing_context=worker_context(dm.num_workers))
     cache = FeatureCache(method, stage, source, dataset_id=f"{dm.name}:{dm.class_ids}:{dm.image_size}:{dm.seed}",
                          cache_dir=cache_dir, dtype=storage_dtype(cfg.trainer), device=device)
     if resident == "auto":

@@ -31,7 +31,7 @@ def test_gpu_trainer_sets_loader_defaults(make_cfg, monkeypatch):
         assert cfg.dataset.persistent_workers and cfg.dataset.prefetch_factor == 4
     dm = instantiate(make_cfg("trainer=gpu").dataset)
     assert dm.loader_kwargs() == {"num_workers": 9, "pin_memory": True, "persistent_workers": True,
-                                  "prefetch_factor": 4}
+                                  "prefetch_factor": 4, "multiprocessing_context": None}
     assert make_cfg("trainer=gpu", "loader.num_workers=3").dataset.num_workers == 3  # one override for all
     assert make_cfg("trainer=gpu", "loader=cpu").dataset.num_workers == 0
 
@@ -54,4 +54,31 @@ def test_loader_kwargs_follow_the_settings():
     assert loader.num_workers == 2 and loader.pin_memory and loader.persistent_workers
     assert loader.prefetch_factor == 3
     plain = DigitsDataModule(persistent_workers=True)  # asked for, but no workers to keep
-    assert plain.loader_kwargs() == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    assert plain.loader_kwargs() == {"num_workers": 0, "pin_memory": False, "persistent_workers": False,
+                                     "multiprocessing_context": None}
+
+
+def test_workers_of_a_ddp_rank_start_from_a_forkserver(tmp_path):
+    """In a torch.distributed process the loaders' workers come from a forkserver (a rank's threads
+    make fork unsafe), outside it from torch's default; both serve the same batches."""
+    import torch
+    import torch.distributed as dist
+
+    def batches(dm):
+        loader = dm.train_dataloader()
+        return loader.multiprocessing_context, [(x.clone(), y.clone()) for x, y in loader]
+
+    dm = DigitsDataModule(num_workers=1, batch_size=64, persistent_workers=False)
+    plain_ctx, plain = batches(dm)
+    assert plain_ctx is None
+    assert DigitsDataModule(num_workers=0).train_dataloader().multiprocessing_context is None
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ctx, served = batches(DigitsDataModule(num_workers=1, batch_size=64, persistent_workers=False))
+        assert ctx is not None and ctx.get_start_method() == "forkserver"
+        assert DigitsDataModule(num_workers=0).train_dataloader().multiprocessing_context is None
+    finally:
+        dist.destroy_process_group()
+    assert len(served) == len(plain) > 1
+    for (x, y), (x0, y0) in zip(served, plain):
+        assert torch.equal(x, x0) and torch.equal(y, y0)
