@@ -14,7 +14,7 @@ PACKAGE = ROOT / "deltapatch"
 
 # rank of each component: a component may import components of the same or a lower rank
 LAYERS = {
-    "errors": 0, "scores": 0, "checkpoint": 0, "resolvers": 0, "allowlist": 0,
+    "errors": 0, "scores": 0, "checkpoint": 0, "resolvers": 0, "allowlist": 0, "provenance": 0,
     "backbones": 1,
     "delta": 2, "patch": 2,
     "methods": 3,

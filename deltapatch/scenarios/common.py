@@ -30,6 +30,7 @@ from ..data.joint import JointDataModule
 from ..errors import ConfigError, InvariantError
 from ..methods.base import Method
 from ..patch import base_fingerprint
+from ..provenance import software
 from ..training.wandb_run import is_wandb, log_run
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,12 @@ def config_dict(cfg: DictConfig) -> dict:
 
 
 def finish(cfg: DictConfig, results: dict[str, Any], loggers: list, metrics: dict[str, float]) -> dict[str, Any]:
-    """Write results.json atomically, log the final metrics, send the run to W&B
+    """Write results.json atomically (with the run's package versions and git commit), log the final metrics, send the run to W&B
     (:func:`deltapatch.training.wandb_run.log_run`) and close it — on rank 0; the other DDP ranks return the
     same results without writing or logging anything."""
     if not is_rank_zero():
         return results
+    results["software"] = software()  # what computed these numbers (deltapatch.provenance)
     write_json(Path(cfg.paths.output_dir) / "results.json", results)  # first: a W&B failure keeps it
     for lg in loggers:
         lg.log_metrics({k: v for k, v in metrics.items() if v is not None})

@@ -24,6 +24,7 @@ from torch import nn
 from ..checkpoint import atomic_path, read_state_dict, tensors_sha256, write_json
 from ..data.base import LOADER_ONLY_KEYS, ClassificationDataModule
 from ..errors import CheckpointError, ConfigError
+from ..provenance import software
 from .checkpointing import LastCheckpoint, usable_checkpoint
 from .module import BaseModule
 from .trainer import make_trainer
@@ -266,7 +267,7 @@ def _train_and_cache(cfg: DictConfig, path: Path, num_classes: int, make_module:
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"backbone": cfg.backbone.name, "tensors_sha256": tensors_sha256(tensors)})
         write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {}),
-                                               **({"resumed": True} if resume else {})})
+                                               **({"resumed": True} if resume else {}), "software": software()})
         shutil.rmtree(last.dirpath, ignore_errors=True)
     trainer.strategy.barrier("model-cache")
     return instantiate(cfg.backbone.model, pretrained=str(path), num_classes=num_classes)

@@ -122,6 +122,17 @@ def trained_patch(tmp_path_factory):
     return tmp, res
 
 
+def test_results_and_base_record_what_computed_them(trained_patch):
+    """results.json and the cached base's sidecar name the package versions and the source commit."""
+    from deltapatch.provenance import git_commit, software
+
+    tmp, res = trained_patch
+    (sidecar,) = (tmp / "cache" / "base").glob("*.json")
+    for recorded in (res["software"], json.loads(sidecar.read_text())["software"]):
+        assert recorded == {**software(), "git": recorded["git"]}  # the run's own process, same packages
+        assert recorded["git"] == git_commit()  # this checkout's commit (and whether it was dirty)
+
+
 def test_evaluate_reproduces_run(trained_patch):
     tmp, res = trained_patch
     p = cli("-m", "deltapatch.evaluate", f"patch={res['patch_files']['patch']['path']}",
