@@ -31,9 +31,14 @@ class DatasetNotFoundError(ConfigError):
     """A dataset's files are not where the config says, and download is off."""
 
 
+def in_process_group() -> bool:
+    """Whether this process is a rank of an initialised torch.distributed group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def process_rank() -> tuple[int, int]:
     """``(rank, world_size)`` of this process in torch.distributed (``(0, 1)`` outside DDP)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if in_process_group():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
@@ -47,7 +52,7 @@ def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | No
     so on CI, its worker stuck in ``Popen._launch``. The server is a fresh interpreter that imports
     torch and deltapatch.data once; each worker is forked from it, single-threaded.
     """
-    if num_workers <= 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if num_workers <= 0 or not in_process_group():
         return None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "deltapatch.data"])  # read when the server starts, once a process

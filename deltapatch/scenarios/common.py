@@ -135,9 +135,9 @@ def config_dict(cfg: DictConfig) -> dict:
 
 
 def finish(cfg: DictConfig, results: dict[str, Any], loggers: list, metrics: dict[str, float]) -> dict[str, Any]:
-    """Write results.json atomically (with the run's package versions and git commit), log the final metrics, send the run to W&B
-    (:func:`deltapatch.training.wandb_run.log_run`) and close it — on rank 0; the other DDP ranks return the
-    same results without writing or logging anything."""
+    """Write results.json atomically (with the run's package versions and git commit), log the final
+    metrics, send the run to W&B (:func:`deltapatch.training.wandb_run.log_run`) and close it — on
+    rank 0; the other DDP ranks return the same results without writing or logging anything."""
     if not is_rank_zero():
         return results
     results["software"] = software()  # what computed these numbers (deltapatch.provenance)
