@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..data.base import in_process_group
 from ..errors import ReportError
 from ..methods.base import Method
 
@@ -215,7 +216,7 @@ def mean_lambdas(method, loader: Iterable, task: str, device: torch.device | str
 def _across_ranks(sums: dict[int, torch.Tensor], count: int) -> tuple[dict[int, torch.Tensor], int]:
     """Sums and count over every DDP rank (each saw its shard of the loader), so all ranks return
     the mean over the same images; gathered as objects, as a rank may have seen none."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not in_process_group():
         return sums, count
     gathered: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, (sums, count))

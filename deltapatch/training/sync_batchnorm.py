@@ -23,6 +23,8 @@ import torch.distributed as dist
 from pytorch_lightning.plugins.layer_sync import LayerSync
 from torch import nn
 
+from ..data.base import process_rank
+
 _PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -60,7 +62,7 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._plain._check_input_dim(self, input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        _, world = process_rank()
         if not self.training or world == 1:
             return self._plain.forward(self, x)
         self._check_input_dim(x)
