@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable, Iterable, Sequence
 
+from .alpha import final_sweep
 from .labels import column_of, row_variant, task_names
 from .runs import Run
 from .values import metric_value, number
@@ -111,6 +112,29 @@ def claim_paint_costs_base(runs: Sequence[Run]) -> list[Verdict]:
 
 
 # ------------------------------------------------------------------------------ 3. ∆ vs PAINT
+SCENARIO_AGGREGATES = (("single", "hmean"), ("joint", "hmean"), ("sequential", "mean"))
+
+
+def _delta_vs_paint(runs: Sequence[Run], paint_value: Callable[[Run, str], Any], versus: str, paint_name: str,
+                    scenarios: Iterable[tuple[str, str]] = SCENARIO_AGGREGATES) -> list[Verdict]:
+    """One "∆(n) ≥ ``versus``" verdict per scenario and n_deltas found: ∆ runs scored by the
+    scenario's aggregate, PAINT runs (``paint_name`` in the numbers) by ``paint_value(run,
+    aggregate)``; pairs by (cell, seed)."""
+    out = []
+    for scenario, agg in scenarios:
+        here = [r for r in runs if r.scenario == scenario]
+        paint = [r for r in here if r.method == "paint"]
+        ns = sorted({r.n_deltas for r in here if r.method == "delta" and r.n_deltas is not None})
+        for n in ns or [None]:
+            delta = [r for r in here if r.method == "delta" and r.n_deltas == n]
+            pairs = pair(_items(delta, lambda r: metric_value(r, agg)), _items(paint, lambda r: paint_value(r, agg)))
+            label = f"∆({n})" if n is not None else "∆"
+            out.append(paired_verdict(f"{label} {agg} ≥ {versus} on most cells ({scenario})",
+                                      f"mean {label} − {paint_name} over seeds ≥ 0 in more than half of the cells",
+                                      pairs, label, paint_name, most_cells_at_least_zero))
+    return out
+
+
 def claim_delta_beats_paint(runs: Sequence[Run]) -> list[Verdict]:
     """∆-Networks ≥ PAINT: hmean on most cells of the single scenario (Table 2's twin) and of the
     joint scenario (Table 3's twin), mean accuracy on most cells of the sequential scenario
@@ -121,19 +145,35 @@ def claim_delta_beats_paint(runs: Sequence[Run]) -> list[Verdict]:
     experiment · scenario · backbone · column (variant); pairs by seed. PASS: in more than half
     of the cells, the mean over seeds of ∆(n) − PAINT is ≥ 0. NOT ENOUGH RUNS below 3 pairs.
     """
-    out = []
-    for scenario, agg in (("single", "hmean"), ("joint", "hmean"), ("sequential", "mean")):
-        here = [r for r in runs if r.scenario == scenario]
-        paint = [r for r in here if r.method == "paint"]
-        ns = sorted({r.n_deltas for r in here if r.method == "delta" and r.n_deltas is not None})
-        for n in ns or [None]:
-            delta = [r for r in here if r.method == "delta" and r.n_deltas == n]
-            pairs = pair(_items(delta, lambda r: metric_value(r, agg)), _items(paint, lambda r: metric_value(r, agg)))
-            label = f"∆({n})" if n is not None else "∆"
-            out.append(paired_verdict(f"{label} {agg} ≥ PAINT's on most cells ({scenario})",
-                                      f"mean {label} − PAINT over seeds ≥ 0 in more than half of the cells",
-                                      pairs, label, "PAINT", most_cells_at_least_zero))
-    return out
+    return _delta_vs_paint(runs, metric_value, "PAINT's", "PAINT")
+
+
+def paint_best_on_test(run: Run, agg: str) -> float | None:
+    """The best test ``agg`` over a PAINT run's final α sweep, or None unless every α of it was
+    scored on test by that aggregate (``test_sweep=true``, as ``real/table10_11`` runs it)."""
+    found = final_sweep(run)
+    if found is None or found[1] != agg:
+        return None
+    values = [number((row.get("test") or {}).get(agg)) for row in found[0]]
+    return max(values) if values and None not in values else None
+
+
+def claim_delta_beats_paint_best_alpha(runs: Sequence[Run]) -> list[Verdict]:
+    """∆-Networks ≥ PAINT even at the α that is best on test: could ∆'s lead come from α being
+    chosen on a small validation split? PAINT's number is an oracle no run may use (α is chosen
+    on validation), PAINT's upper bound over its α grid, not a result.
+
+    Runs and cells as :func:`claim_delta_beats_paint`, in the scenarios where some PAINT run scored
+    every α of its sweep on test (Tables 10/11's twin); PAINT scored by
+    :func:`paint_best_on_test`. PASS: in more than half of the cells, the mean over seeds of
+    ∆(n) − PAINT's best is ≥ 0. NOT ENOUGH RUNS below 3 pairs, or (one verdict) no such PAINT run.
+    """
+    swept = [(s, agg) for s, agg in SCENARIO_AGGREGATES
+             if any(r.method == "paint" and r.scenario == s and paint_best_on_test(r, agg) is not None for r in runs)]
+    if not swept:
+        return [Verdict("∆ ≥ PAINT at its best α on test", NOT_ENOUGH, "needs PAINT runs with test_sweep=true",
+                        {"summary": "no PAINT run scored its whole α sweep on test"}, [])]
+    return _delta_vs_paint(runs, paint_best_on_test, "PAINT at its best α on test", "PAINT best α on test", swept)
 
 
 # ------------------------------------------------------------------------------ 4. Table 8
@@ -303,8 +343,8 @@ def _zsda_verdicts(runs: Sequence[Run], method: str, tag: str) -> list[Verdict]:
     return out
 
 
-CLAIMS = [claim_delta_keeps_base, claim_paint_costs_base, claim_delta_beats_paint, claim_table8,
-          claim_more_deltas_on_harder_tasks, claim_transfer, claim_zsda]
+CLAIMS = [claim_delta_keeps_base, claim_paint_costs_base, claim_delta_beats_paint, claim_delta_beats_paint_best_alpha,
+          claim_table8, claim_more_deltas_on_harder_tasks, claim_transfer, claim_zsda]
 
 
 def check_claims(runs: Sequence[Run]) -> list[Verdict]:
@@ -313,6 +353,6 @@ def check_claims(runs: Sequence[Run]) -> list[Verdict]:
     return [v for claim in CLAIMS for v in claim(runs)]
 
 
-__all__ = ["CLAIMS", "DELTA_FAMILY", "check_claims", "claim_delta_beats_paint", "claim_delta_keeps_base",
-           "claim_more_deltas_on_harder_tasks", "claim_paint_costs_base", "claim_table8", "claim_transfer",
-           "claim_zsda", "harder_cells"]
+__all__ = ["CLAIMS", "DELTA_FAMILY", "check_claims", "claim_delta_beats_paint", "claim_delta_beats_paint_best_alpha",
+           "claim_delta_keeps_base", "claim_more_deltas_on_harder_tasks", "claim_paint_costs_base", "claim_table8",
+           "claim_transfer", "claim_zsda", "harder_cells", "paint_best_on_test"]

@@ -101,6 +101,47 @@ def test_delta_vs_paint_joint_cells(tmp_path, paint_c, expected):
     assert v.verdict == expected
 
 
+def _sweep(chosen: float, best: float, on_test: bool) -> list[dict]:
+    """A PAINT α sweep (as results.json's extra.<task>.alpha_sweep) whose validation picks α 0.5,
+    whose test hmean there is ``chosen`` and peaks at ``best`` on α 0.7 (test only at 0.5 unless
+    ``on_test``: test_sweep=false)."""
+    rows = []
+    for alpha, val, test in ((0.3, 60.0, chosen - 5), (0.5, 70.0, chosen), (0.7, 65.0, best)):
+        row = {"alpha": alpha, "val": {"hmean": val}}
+        if on_test or alpha == 0.5:
+            row["test"] = {"hmean": test}
+        rows.append(row)
+    return rows
+
+
+def test_delta_vs_paint_at_its_best_alpha_on_test(tmp_path):
+    """Tables 10/11's twin: PAINT's best test hmean over α (an oracle) against ∆(1). At the chosen
+    α, ∆(1) wins d1 and d2 (PASS); at PAINT's best α on test, only d1 (FAIL). A run without the
+    test sweep cannot say its best α and is left out of the pairs."""
+    for ds in ("d1", "d2", "d3"):
+        for i, seed in enumerate(SEEDS):
+            common = {"dataset": ds, "seed": seed}
+            _write(tmp_path, f"delta_{ds}_{seed}", method="delta", n_deltas=1, hmean=DELTA1[ds][i], **common)
+            best = DELTA1[ds][i] + (-1.0 if ds == "d1" else 2.0)
+            _write(tmp_path, f"paint_{ds}_{seed}", method="paint", hmean=PAINT[ds][i], **common,
+                   extra={"patch": {"alpha": 0.5, "selection": "hmean",
+                                    "alpha_sweep": _sweep(PAINT[ds][i], best, on_test=seed != 2 or ds != "d1")}})
+    verdicts = _by_claim(tmp_path)
+    assert verdicts["∆(1) hmean ≥ PAINT's on most cells (single)"].verdict == PASS
+    oracle = verdicts["∆(1) hmean ≥ PAINT at its best α on test on most cells (single)"]
+    assert oracle.verdict == FAIL and (oracle.numbers["n_pairs"], oracle.numbers["n_cells"]) == (8, 3)
+    best = [max(PAINT[ds][i], DELTA1[ds][i] + (-1.0 if ds == "d1" else 2.0))  # the sweep's peak is one of its rows
+            for ds in DELTA1 for i in range(3) if (ds, i) != ("d1", 2)]
+    assert oracle.numbers["b_stat"]["mean"] == pytest.approx(sum(best) / 8)
+    assert (oracle.numbers["positive"], oracle.numbers["negative"]) == (2, 6)
+
+
+def test_delta_vs_paint_at_best_alpha_needs_a_test_sweep(verdicts):
+    """The synthetic set's PAINT runs have no α sweep: one NOT ENOUGH RUNS line, no per-scenario ones."""
+    oracle = [v for c, v in verdicts.items() if "best α on test" in c]
+    assert [v.verdict for v in oracle] == [NOT_ENOUGH]
+
+
 def test_most_cells_is_not_the_mean(tmp_path):
     """One cell far ahead, two slightly behind: the mean difference is positive, yet ∆ ≥ PAINT on
     only one cell of three, so "most cells" fails."""
