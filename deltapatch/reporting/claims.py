@@ -163,17 +163,20 @@ def claim_delta_beats_paint_best_alpha(runs: Sequence[Run]) -> list[Verdict]:
     chosen on a small validation split? PAINT's number is an oracle no run may use (α is chosen
     on validation), PAINT's upper bound over its α grid, not a result.
 
-    Runs and cells as :func:`claim_delta_beats_paint`, in the scenarios where some PAINT run scored
+    Runs and cells as :func:`claim_delta_beats_paint`, in the cells where some PAINT run scored
     every α of its sweep on test (Tables 10/11's twin); PAINT scored by
     :func:`paint_best_on_test`. PASS: in more than half of the cells, the mean over seeds of
     ∆(n) − PAINT's best is ≥ 0. NOT ENOUGH RUNS below 3 pairs, or (one verdict) no such PAINT run.
     """
-    swept = [(s, agg) for s, agg in SCENARIO_AGGREGATES
-             if any(r.method == "paint" and r.scenario == s and paint_best_on_test(r, agg) is not None for r in runs)]
+    aggregates = dict(SCENARIO_AGGREGATES)
+    swept = {cell(r) for r in runs if r.method == "paint" and r.scenario in aggregates
+             and paint_best_on_test(r, aggregates[r.scenario]) is not None}
     if not swept:
         return [Verdict("∆ ≥ PAINT at its best α on test", NOT_ENOUGH, "needs PAINT runs with test_sweep=true",
                         {"summary": "no PAINT run scored its whole α sweep on test"}, [])]
-    return _delta_vs_paint(runs, paint_best_on_test, "PAINT at its best α on test", "PAINT best α on test", swept)
+    here = [r for r in runs if cell(r) in swept]  # only ∆ runs in a cell with such a PAINT run are paired
+    scenarios = [(s, agg) for s, agg in SCENARIO_AGGREGATES if any(r.scenario == s for r in here)]
+    return _delta_vs_paint(here, paint_best_on_test, "PAINT at its best α on test", "PAINT best α on test", scenarios)
 
 
 # ------------------------------------------------------------------------------ 4. Table 8

@@ -117,11 +117,14 @@ def _sweep(chosen: float, best: float, on_test: bool) -> list[dict]:
 def test_delta_vs_paint_at_its_best_alpha_on_test(tmp_path):
     """Tables 10/11's twin: PAINT's best test hmean over α (an oracle) against ∆(1). At the chosen
     α, ∆(1) wins d1 and d2 (PASS); at PAINT's best α on test, only d1 (FAIL). A run without the
-    test sweep cannot say its best α and is left out of the pairs."""
+    test sweep cannot say its best α and is left out of the pairs; ∆(4) runs of another preset,
+    with no swept PAINT run in their cells, get no verdict."""
     for ds in ("d1", "d2", "d3"):
         for i, seed in enumerate(SEEDS):
             common = {"dataset": ds, "seed": seed}
             _write(tmp_path, f"delta_{ds}_{seed}", method="delta", n_deltas=1, hmean=DELTA1[ds][i], **common)
+            _write(tmp_path, f"other_{ds}_{seed}", method="delta", n_deltas=4, hmean=DELTA4[ds][i], **common,
+                   experiment="another preset")  # no swept PAINT beside it: no verdict
             best = DELTA1[ds][i] + (-1.0 if ds == "d1" else 2.0)
             _write(tmp_path, f"paint_{ds}_{seed}", method="paint", hmean=PAINT[ds][i], **common,
                    extra={"patch": {"alpha": 0.5, "selection": "hmean",
@@ -134,6 +137,7 @@ def test_delta_vs_paint_at_its_best_alpha_on_test(tmp_path):
             for ds in DELTA1 for i in range(3) if (ds, i) != ("d1", 2)]
     assert oracle.numbers["b_stat"]["mean"] == pytest.approx(sum(best) / 8)
     assert (oracle.numbers["positive"], oracle.numbers["negative"]) == (2, 6)
+    assert [c for c in verdicts if "best α on test" in c] == [oracle.claim]
 
 
 def test_delta_vs_paint_at_best_alpha_needs_a_test_sweep(verdicts):
