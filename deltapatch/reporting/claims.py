@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .alpha import final_sweep
 from .labels import column_of, row_variant, task_names
 from .runs import Run
-from .values import metric_value, number
+from .values import AGGREGATES, metric_value, number
 from .verdicts import (FAIL, NOT_ENOUGH, PASS, Verdict, mean_diff_at_least_zero, most_cells_at_least_zero,
                        most_pairs_positive, pair, paired_verdict)
 
@@ -112,16 +112,14 @@ def claim_paint_costs_base(runs: Sequence[Run]) -> list[Verdict]:
 
 
 # ------------------------------------------------------------------------------ 3. ∆ vs PAINT
-SCENARIO_AGGREGATES = (("single", "hmean"), ("joint", "hmean"), ("sequential", "mean"))
-
-
 def _delta_vs_paint(runs: Sequence[Run], paint_value: Callable[[Run, str], Any], versus: str, paint_name: str,
-                    scenarios: Iterable[tuple[str, str]] = SCENARIO_AGGREGATES) -> list[Verdict]:
+                    scenarios: Iterable[str] = tuple(AGGREGATES)) -> list[Verdict]:
     """One "∆(n) ≥ ``versus``" verdict per scenario and n_deltas found: ∆ runs scored by the
     scenario's aggregate, PAINT runs (``paint_name`` in the numbers) by ``paint_value(run,
     aggregate)``; pairs by (cell, seed)."""
     out = []
-    for scenario, agg in scenarios:
+    for scenario in scenarios:
+        agg = AGGREGATES[scenario]
         here = [r for r in runs if r.scenario == scenario]
         paint = [r for r in here if r.method == "paint"]
         ns = sorted({r.n_deltas for r in here if r.method == "delta" and r.n_deltas is not None})
@@ -168,14 +166,13 @@ def claim_delta_beats_paint_best_alpha(runs: Sequence[Run]) -> list[Verdict]:
     :func:`paint_best_on_test`. PASS: in more than half of the cells, the mean over seeds of
     ∆(n) − PAINT's best is ≥ 0. NOT ENOUGH RUNS below 3 pairs, or (one verdict) no such PAINT run.
     """
-    aggregates = dict(SCENARIO_AGGREGATES)
-    swept = {cell(r) for r in runs if r.method == "paint" and r.scenario in aggregates
-             and paint_best_on_test(r, aggregates[r.scenario]) is not None}
+    swept = {cell(r) for r in runs if r.method == "paint" and r.scenario in AGGREGATES
+             and paint_best_on_test(r, AGGREGATES[r.scenario]) is not None}
     if not swept:
         return [Verdict("∆ ≥ PAINT at its best α on test", NOT_ENOUGH, "needs PAINT runs with test_sweep=true",
                         {"summary": "no PAINT run scored its whole α sweep on test"}, [])]
     here = [r for r in runs if cell(r) in swept]  # only ∆ runs in a cell with such a PAINT run are paired
-    scenarios = [(s, agg) for s, agg in SCENARIO_AGGREGATES if any(r.scenario == s for r in here)]
+    scenarios = [s for s in AGGREGATES if any(r.scenario == s for r in here)]
     return _delta_vs_paint(here, paint_best_on_test, "PAINT at its best α on test", "PAINT best α on test", scenarios)
 
 
