@@ -23,7 +23,7 @@ import torch.distributed as dist
 from pytorch_lightning.plugins.layer_sync import LayerSync
 from torch import nn
 
-from ..data.base import process_rank
+from ..data.base import in_process_group
 
 _PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -62,8 +62,7 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._plain._check_input_dim(self, input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, world = process_rank()
-        if not self.training or world == 1:
+        if not self.training or not in_process_group() or dist.get_world_size() == 1:
             return self._plain.forward(self, x)
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
