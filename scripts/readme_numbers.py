@@ -92,6 +92,19 @@ def render_methods(out: Path) -> str:
     return text
 
 
+def render_runs(out: Path) -> str:
+    """One row per run: base after, task, hmean, trainable parameters and training time."""
+    rows = ["| method | base after | task | hmean | trainable params | train time |", "|---|---:|---:|---:|---:|---:|"]
+    order = {"fc": 0, "paint": 1}  # then the ∆ rows by n
+    for r in sorted(results(out), key=lambda r: (order.get(r["method"], 2), r.get("n_deltas") or 0)):
+        label = r["method"] if r.get("n_deltas") is None or r["method"] != "delta" else f"∆({r['n_deltas']})"
+        if "alpha" in r:
+            label += f" (α = {r['alpha']} chosen on val)"
+        rows.append(f"| {label} | {pct(r['base_acc_after'])} | {pct(r['tasks']['patch'])} | {pct(r['hmean'])} | "
+                    f"{r['trainable_params']['patch']:,} | {r['train_seconds']:.0f} s |")
+    return "\n".join(rows)
+
+
 def render_report(out: Path) -> str:
     """The main table of every (experiment, scenario) found, as the report writes it."""
     from deltapatch.reporting.runs import groups, load_runs
@@ -100,7 +113,7 @@ def render_report(out: Path) -> str:
     parts = []
     for (experiment, scenario), runs in groups(load_runs(out)).items():
         table = main_table(experiment, scenario, runs)
-        parts.append(f"**{table.title}**\n\n{table.markdown()}")
+        parts.append(f"**{table.title}**\n\n{table.markdown(heading=False)}")
     return "\n\n".join(parts)
 
 
@@ -135,10 +148,13 @@ BLOCKS = [
           render_report),
     Block("beyond", "the offline twins beyond classification",
           [train("-m", f"experiment=mini/{name}", "hydra.sweep.dir={out}/" + name)
-           for name in ("table7", "table5", "table6", "table12_13")], render_report),
+           for name in ("table7", "transfer_cifar10", "table5", "table6", "table12_13")], render_report),
+    # FC and PAINT ignore n_deltas, so they get a sweep of their own instead of running once per n
     Block("cifar10_pack", "single patching on the CIFAR-10 pack",
           [train("-m", "dataset=cifar10_pack", "base.epochs=4", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
-                 "method=fc,paint,delta", "n_deltas=1,4", "hydra.sweep.dir={out}")], render_report),
+                 *methods, "hydra.sweep.dir={out}/" + name)
+           for name, methods in (("fc_paint", ["method=fc,paint"]), ("delta", ["method=delta", "n_deltas=1,4"]))],
+          render_runs),
     Block("bench", "speed and size ratios, synthetic tensors", [[PY, "scripts/bench.py", "--json", "{out}/bench.json"]],
           render_bench),
     Block("bench_jpeg", "speed on JPEG folders at 224 px",
@@ -176,19 +192,24 @@ def shown(cmd: list[str], out: Path) -> str:
 
 
 def run_block(block: Block, out: Path, keep: bool) -> tuple[str, float]:
-    """Run ``block``'s commands (unless ``keep`` and its folder holds results); its Markdown and wall time."""
+    """Run ``block``'s commands (unless ``keep`` and its folder holds results); its Markdown and wall time.
+    The wall time is written to ``out/wall_seconds``, so that ``keep`` shows the run's, not the render's."""
+    recorded = out / "wall_seconds"
+    if keep and out.exists() and any(out.iterdir()):
+        return block.render(out), float(recorded.read_text()) if recorded.exists() else 0.0
     t0 = time.perf_counter()
-    if not (keep and out.exists() and any(out.iterdir())):
-        out.mkdir(parents=True, exist_ok=True)
-        for cmd in block.commands:
-            argv = [a.replace("{out}", str(out)) for a in cmd]
-            print("$", shown(cmd, out), flush=True)
-            proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            if proc.returncode:
-                raise SystemExit(f"readme_numbers: block '{block.name}' failed: {shown(cmd, out)} exited {proc.returncode}")
-            if block.name == "sizes":
-                (out / "summary.json").write_text(proc.stdout)
-    return block.render(out), time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    for cmd in block.commands:
+        argv = [a.replace("{out}", str(out)) for a in cmd]
+        print("$", shown(cmd, out), flush=True)
+        proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise SystemExit(f"readme_numbers: block '{block.name}' failed: {shown(cmd, out)} exited {proc.returncode}")
+        if block.name == "sizes":
+            (out / "summary.json").write_text(proc.stdout)
+    seconds = time.perf_counter() - t0
+    recorded.write_text(f"{seconds:.1f}\n")
+    return block.render(out), seconds
 
 
 def body_of(block: Block, out: Path, table: str, seconds: float) -> str:

@@ -81,8 +81,9 @@ class Table:
             out[col] = [fmt_cell(m, s) for m, s in zip(self.stats[(col, "mean")], self.stats[(col, "std")])]
         return out
 
-    def markdown(self) -> str:
-        head = f"### {self.title}\n\n" + (f"{self.note}\n\n" if self.note else "")
+    def markdown(self, heading: bool = True) -> str:
+        """The table as Markdown, under a ``###`` heading with its title unless ``heading`` is false."""
+        head = (f"### {self.title}\n\n" if heading else "") + (f"{self.note}\n\n" if self.note else "")
         shown = self.display()
         align = ["left"] * len(self.labels.columns) + ["right"] * len(self.columns)
         # disable_numparse: cells are already formatted ("97.30" must not become "97.3")
