@@ -61,6 +61,17 @@ def results(folder: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------ renderers
+def with_alpha(label: str, r: dict) -> str:
+    """``label``, with PAINT's α chosen on validation where the run has one."""
+    return f"{label} (α = {r['alpha']} chosen on val)" if "alpha" in r else label
+
+
+def run_cells(r: dict) -> str:
+    """A run's base after, task, hmean and trainable-parameter cells of a Markdown row."""
+    return (f"{pct(r['base_acc_after'])} | {pct(r['tasks']['patch'])} | {pct(r['hmean'])} | "
+            f"{r['trainable_params']['patch']:,}")
+
+
 def render_default(out: Path) -> str:
     rows = ["| run | base before → after | tasks | hmean / mean |", "|---|---|---|---|"]
     for name in ("single", "sequential"):
@@ -79,9 +90,7 @@ def render_methods(out: Path) -> str:
         r = by_method.get(name)
         if r is None:
             continue
-        label = f"{name} (α = {r['alpha']} chosen on val)" if name == "paint" else name
-        rows.append(f"| {label} | {pct(r['base_acc_after'])} | {pct(r['tasks']['patch'])} | {pct(r['hmean'])} | "
-                    f"{r['trainable_params']['patch']:,} |")
+        rows.append(f"| {with_alpha(name, r)} | {run_cells(r)} |")
         if name == "paint":
             paint = r
     text = "\n".join(rows)
@@ -97,11 +106,8 @@ def render_runs(out: Path) -> str:
     rows = ["| method | base after | task | hmean | trainable params | train time |", "|---|---:|---:|---:|---:|---:|"]
     order = {"fc": 0, "paint": 1}  # then the ∆ rows by n
     for r in sorted(results(out), key=lambda r: (order.get(r["method"], 2), r.get("n_deltas") or 0)):
-        label = r["method"] if r.get("n_deltas") is None or r["method"] != "delta" else f"∆({r['n_deltas']})"
-        if "alpha" in r:
-            label += f" (α = {r['alpha']} chosen on val)"
-        rows.append(f"| {label} | {pct(r['base_acc_after'])} | {pct(r['tasks']['patch'])} | {pct(r['hmean'])} | "
-                    f"{r['trainable_params']['patch']:,} | {r['train_seconds']:.0f} s |")
+        label = f"∆({r['n_deltas']})" if r["method"] == "delta" else r["method"]
+        rows.append(f"| {with_alpha(label, r)} | {run_cells(r)} | {r['train_seconds']:.0f} s |")
     return "\n".join(rows)
 
 
