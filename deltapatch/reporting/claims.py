@@ -3,8 +3,8 @@
 Each ``claim_*`` function reads runs (never a model, never a split) and returns verdicts: PASS,
 FAIL or NOT ENOUGH RUNS, with the numbers behind them (:mod:`.verdicts`: the pairing, the
 one-sided Wilcoxon signed-rank test over (cell, seed) pairs and why that test). A cell is
-(experiment, scenario, backbone, column, and whatever else must match: n_deltas, variant); pairs
-are matched by seed within a cell. Every rule is in its function's docstring; nothing here is
+(experiment, scenario, backbone, column, and whatever else must match: n_deltas, variant, the base
+model's fingerprint where results.json records it); pairs are matched by seed within a cell. Every rule is in its function's docstring; nothing here is
 chosen on test accuracy except where a claim is about test accuracy itself.
 """
 from __future__ import annotations
@@ -27,8 +27,12 @@ HARD_SAMPLE_RATE = 0.3  # transfer's "low sample rates": at most 30 % of the tra
 
 
 def cell(run: Run, *extra: Any) -> str:
-    """A readable cell key: experiment · scenario · backbone · column (· extra)."""
-    parts = [run.experiment, run.scenario, run.backbone, column_of(run), row_variant(run), *map(str, extra)]
+    """A readable cell key: experiment · scenario · backbone · column (· extra) (· base <8 hex digits
+    of results.json's ``base_fingerprint``, where recorded): runs on two builds of a base, which can
+    differ under one cache key, are never paired."""
+    fingerprint = run.results.get("base_fingerprint")
+    parts = [run.experiment, run.scenario, run.backbone, column_of(run), row_variant(run), *map(str, extra),
+             f"base {fingerprint[:8]}" if fingerprint else None]
     return " · ".join(p for p in parts if p)
 
 

@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fixed = {BASE_KEY: first["val"].get(BASE_KEY, base.reference_acc)} if method.keeps_base else {}
     aggregate, combine = aggregate_for(cfg.scenario.name)
 
-    results = results_skeleton(cfg, dataset_names(cfg), method)
+    results = results_skeleton(cfg, dataset_names(cfg), method, fingerprint)
     results.update(base_acc_before=before, tasks={}, val={}, extra={}, class_names={},
                    # results.json sorts its keys: the order the tasks came in is kept here (Tables 3/4 columns)
                    task_order=[key for name, dm in tasks.items() for key, _, _ in scored_parts(name, dm)])

@@ -87,13 +87,16 @@ def scored_parts(name: str, dm: ClassificationDataModule) -> list[tuple[str, Cla
     return [(name, dm, 0)]
 
 
-def results_skeleton(cfg: DictConfig, dataset: str, method: Method | None = None) -> dict[str, Any]:
+def results_skeleton(cfg: DictConfig, dataset: str, method: Method | None = None,
+                     fingerprint: str | None = None) -> dict[str, Any]:
     """The keys every results.json carries. ``n_deltas`` is the method's own (``None`` for methods
-    without ∆-modules)."""
+    without ∆-modules); ``base_fingerprint`` is the base model's :func:`base_fingerprint` before
+    training (``None`` where the run starts from no base), so that runs can be compared on one base
+    only: a rebuilt base can differ under the same cache key (docs/real_twins.md)."""
     return {"method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": dataset,
             "scenario": cfg.scenario.name, "n_deltas": method.n_deltas if method is not None else None,
             "seed": cfg.seed, "experiment": cfg.get("experiment_name"), "base_source": cfg.base.source,
-            "trainable_params": {}, "patch_files": {}}
+            "base_fingerprint": fingerprint, "trainable_params": {}, "patch_files": {}}
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -147,7 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unchanged = check_base(base.model, fingerprint, frozen=not train_body, what="detection")
 
     task = dm.name
-    results = results_skeleton(cfg, dm.name)
+    results = results_skeleton(cfg, dm.name, fingerprint=fingerprint)
     results.update(
         n_deltas=n_deltas or None, train_seconds=seconds, base_model_unchanged=unchanged, tasks={task: scores["map_50"]},
         metric="map_50", **scores,

@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     target, val = scores["test"][task], scores["val"][task]
     unchanged = check_base(model, fingerprint, frozen=method.keeps_base, what=f"transfer ({cfg.method.name})")
 
-    results = results_skeleton(cfg, dm.name, method)
+    results = results_skeleton(cfg, dm.name, method, None if cfg.base.source == "scratch" else fingerprint)
     results.update(train_seconds=seconds, base_model_unchanged=unchanged, metric="target_acc",
                    target_acc=target, tasks={task: target}, val={task: val},
                    sample_rate=float(sc.sample_rate), train_samples=len(dm.splits["train"]),

@@ -240,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scores = scorer.score("test", keys=["source", "target"])
     unchanged = check_base(vanilla, fingerprint, frozen=method.keeps_base, what=f"zsda ({cfg.method.name})")
 
-    results = results_skeleton(cfg, source.name, method)
+    results = results_skeleton(cfg, source.name, method, fingerprint)
     results.update(
         target=target.name, metric="target_acc", target_acc=scores["target"], source_acc=scores["source"],
         vanilla={"source_acc": vanilla_scores["vanilla_source"], "target_acc": vanilla_scores["vanilla_target"]},
@@ -280,7 +280,7 @@ def run_joint(cfg: DictConfig, source: ClassificationDataModule, target: Classif
         method, adda_info = obtain_adda(cfg, method, joint_key, source, target, loggers, task=task)
     seconds = time.perf_counter() - t0
     scores = score_models(cfg, source, target, {"vanilla": (vanilla, None), "delta": (method, task)})
-    results = results_skeleton(cfg, source.name, method)
+    results = results_skeleton(cfg, source.name, method, base_fingerprint(vanilla))
     results.update(
         target=target.name, metric="target_acc", target_acc=scores["delta"]["target_acc"],
         source_acc=scores["delta"]["source_acc"], vanilla=scores["vanilla"],

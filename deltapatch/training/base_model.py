@@ -264,9 +264,10 @@ def _train_and_cache(cfg: DictConfig, path: Path, num_classes: int, make_module:
     model.eval()
     if rank_zero_only.rank == 0:  # one writer; the other DDP ranks wait at the barrier, then read it
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        digest = tensors_sha256(tensors)  # = base_fingerprint of the loaded model: results.json's base_fingerprint
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"backbone": cfg.backbone.name, "tensors_sha256": tensors_sha256(tensors)})
-        write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, **(info or {}),
+            save_file(tensors, tmp, metadata={"backbone": cfg.backbone.name, "tensors_sha256": digest})
+        write_json(path.with_suffix(".json"), {"backbone": cfg.backbone.name, "tensors_sha256": digest, **(info or {}),
                                                **({"resumed": True} if resume else {}), "software": software()})
         shutil.rmtree(last.dirpath, ignore_errors=True)
     trainer.strategy.barrier("model-cache")

@@ -157,6 +157,27 @@ def test_most_cells_is_not_the_mean(tmp_path):
     assert v.numbers["diff_stat"]["mean"] > 0 and v.verdict == FAIL
 
 
+def test_runs_on_two_bases_never_pair(tmp_path):
+    """A base rebuilt under the same cache key can come out with other weights: ∆(1) on one build and
+    PAINT on the other are not a pair (results.json's base_fingerprint differs), while runs on one
+    build pair as before. Here ∆(1) beats PAINT on base A and loses on base B, and a PAINT run of
+    base B at each seed would flip the verdict if it were paired with base A's ∆(1)."""
+    for seed in SEEDS:
+        common = {"dataset": "d", "seed": seed}
+        _write(tmp_path, f"delta_a_{seed}", method="delta", n_deltas=1, hmean=70.0, base_fingerprint="a" * 64, **common)
+        _write(tmp_path, f"paint_a_{seed}", method="paint", hmean=60.0, base_fingerprint="a" * 64, **common)
+        _write(tmp_path, f"paint_b_{seed}", method="paint", hmean=80.0, base_fingerprint="b" * 64, **common)
+    v = _by_claim(tmp_path)["∆(1) hmean ≥ PAINT's on most cells (single)"]
+    assert (v.numbers["n_pairs"], v.numbers["n_cells"]) == (3, 1)
+    assert v.numbers["b_stat"]["mean"] == 60.0 and v.verdict == PASS
+    # one more run per seed on base B: two cells now, one won and one lost (not "most")
+    for seed in SEEDS:
+        _write(tmp_path, f"delta_b_{seed}", method="delta", n_deltas=1, hmean=75.0, base_fingerprint="b" * 64,
+               dataset="d", seed=seed)
+    v = _by_claim(tmp_path)["∆(1) hmean ≥ PAINT's on most cells (single)"]
+    assert (v.numbers["n_pairs"], v.numbers["n_cells"]) == (6, 2) and v.verdict == FAIL
+
+
 def test_sequential_chain_follows_task_order(tmp_path):
     """results.json writes its tasks objects with sorted keys; the chain is read in task_order.
     Trained c → a → b: c and a (the earlier tasks) drop, b (last) is scored once. Read in key

@@ -133,6 +133,20 @@ def test_results_and_base_record_what_computed_them(trained_patch):
         assert recorded["git"] == git_commit()  # this checkout's commit (and whether it was dirty)
 
 
+def test_results_name_the_base_they_patched(trained_patch):
+    """results.json's base_fingerprint is the cached base's: its sidecar's tensors_sha256 and the
+    fingerprint of the weights in its safetensors file, so runs on a rebuilt base can be told apart."""
+    from safetensors.torch import load_file
+
+    from deltapatch.checkpoint import tensors_sha256
+
+    tmp, res = trained_patch
+    (weights,) = (tmp / "cache" / "base").glob("*.safetensors")
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert len(res["base_fingerprint"]) == 64
+    assert res["base_fingerprint"] == sidecar["tensors_sha256"] == tensors_sha256(load_file(weights))
+
+
 def test_evaluate_reproduces_run(trained_patch):
     tmp, res = trained_patch
     p = cli("-m", "deltapatch.evaluate", f"patch={res['patch_files']['patch']['path']}",
