@@ -4,8 +4,9 @@ Each ``claim_*`` function reads runs (never a model, never a split) and returns 
 FAIL or NOT ENOUGH RUNS, with the numbers behind them (:mod:`.verdicts`: the pairing, the
 one-sided Wilcoxon signed-rank test over (cell, seed) pairs and why that test). A cell is
 (experiment, scenario, backbone, column, and whatever else must match: n_deltas, variant, the base
-model's fingerprint where results.json records it); pairs are matched by seed within a cell. Every rule is in its function's docstring; nothing here is
-chosen on test accuracy except where a claim is about test accuracy itself.
+model's fingerprint where results.json records it); pairs are matched by seed within a cell. Every
+rule is in its function's docstring; nothing here is chosen on test accuracy except where a claim
+is about test accuracy itself.
 """
 from __future__ import annotations
 
