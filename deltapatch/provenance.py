@@ -4,7 +4,10 @@ git commit. Recorded in every results.json (``software``) and beside every cache
 
 Why: training on CPU is bit-reproducible for one set of versions, not across them (a JPEG decoder
 or an initialiser that changes upstream changes the weights): the ResNet-18 CIFAR-10 base rebuilt
-here on 2026-11-28 did not reproduce the one built on 2026-11-26 (docs/real_twins.md).
+here on 2026-11-28 did not reproduce the one built on 2026-11-26 (docs/real_twins.md). Nor is it
+across processors for one set of versions: the ConvNeXt-Tiny base built on an Intel Xeon
+(2026-12-07) matched the one built on an AMD EPYC in every accuracy but not in its weights, so the
+processor and the instruction set torch dispatches to (``cpu``, ``cpu_capability``) are recorded too.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
 
 # the distributions whose versions can change a trained number (decoding, initialisation, kernels)
 PACKAGES = ("deltapatch", "torch", "torchvision", "timm", "pytorch-lightning", "torchmetrics", "numpy", "pillow")
@@ -33,9 +38,22 @@ def git_commit(where: str | Path = Path(__file__).parent) -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @functools.lru_cache(maxsize=1)
 def software() -> dict[str, str | None]:
-    """``{"python": ..., <package>: <version or None>, ..., "git": ...}`` of this process."""
+    """``{"python": ..., <package>: <version or None>, ..., "git": ..., "cpu": ..., "cpu_capability": ...}``
+    of this process; ``cpu_capability`` is the kernel set torch dispatches to (``AVX2``, ``AVX512``, ...),
+    which ``ATEN_CPU_CAPABILITY`` can lower."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -43,7 +61,9 @@ def software() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[name] = None
     found["git"] = git_commit()
+    found["cpu"] = cpu_model()
+    found["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return found
 
 
-__all__ = ["PACKAGES", "git_commit", "software"]
+__all__ = ["PACKAGES", "cpu_model", "git_commit", "software"]
