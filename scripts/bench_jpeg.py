@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from bench_common import (GpuUtilization, emit_json, load_warning, median, peak_
 from bench_jpeg_data import Models, cache_entries, ensure_jpegs
 
 import torch  # noqa: E402
+
+from deltapatch.provenance import cpu_model  # noqa: E402
 
 from deltapatch.cache import FeatureCache  # noqa: E402
 from deltapatch.data import ImageFolderDataModule  # noqa: E402
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": args.image_size, "batch_size": args.batch_size, "scale": args.scale, "repeats": args.repeats,
         "warmup": args.warmup, "threads": args.threads, "device": args.device, "bf16": args.bf16,
         "channels_last": args.channels_last, "quick": args.quick, "weights": "random init",
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "cpu": cpu_model(), "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

@@ -20,13 +20,14 @@ import argparse
 import gc
 import logging
 import os
-import platform
 import tempfile
 import time
 
 from bench_common import ROOT, emit_json, peak_rss_mb, render_tables
 
 import torch  # noqa: E402
+
+from deltapatch.provenance import cpu_model  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset  # noqa: E402
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup_steps": args.warmup_steps, "device": args.device, "bf16": args.bf16,
         "channels_last": args.channels_last, "variants": args.variants, "quick": args.quick, "weights": "random init",
         "input": "synthetic, in memory", "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "cpu": cpu_model(), "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
     }
     table = [(r["method"], f"{r['images_per_s']:.1f}" if r.get("images_per_s") else r.get("error", "-"),

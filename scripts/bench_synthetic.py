@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from typing import Any
 
@@ -34,6 +33,8 @@ from bench_common import emit_json, load_warning, median, render_tables, target_
 from bench_synthetic_setup import MEM_MODES, Setup, breakdown_cases, epoch_cases, file_sizes, measure_memory, mem_child
 
 import torch  # noqa: E402
+
+from deltapatch.provenance import cpu_model  # noqa: E402
 
 # (name, ratio key, limit): the targets; "<=" all of them
 TARGETS = [
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "bf16": args.bf16, "compile": args.compile, "repeats": args.repeats, "epoch_repeats": args.epoch_repeats,
         "warmup": args.warmup, "epoch_samples": args.epoch_samples, "n_tasks": args.n_tasks, "quick": args.quick,
         "weights": "random init", "input": "synthetic",
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "cpu": cpu_model(),
         "gpu": torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else None,
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

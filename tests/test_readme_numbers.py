@@ -94,3 +94,13 @@ def test_report_block_titles_each_table_once(tmp_path):
              trainable_params={"patch": 1000})
     text = rn.render_report(tmp_path)
     assert "###" not in text and text.count("**t — single") == 1 and "80.50" in text
+
+
+def test_block_caption_names_the_processor_model(tmp_path):
+    # The caption used to say "x86_64" (platform.machine()): kernels, and so results, differ by processor.
+    from deltapatch.provenance import cpu_model
+
+    body = rn.body_of(rn.BY_NAME["sizes"], tmp_path, "TABLE", 120.0)
+    assert body.startswith("TABLE\n")
+    assert f"({cpu_model()}, 2 min wall)" in body
+    assert "make readme-numbers ONLY=sizes" in body
