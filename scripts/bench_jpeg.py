@@ -35,11 +35,10 @@ from bench_jpeg_data import Models, cache_entries, ensure_jpegs
 
 import torch  # noqa: E402
 
-from deltapatch.provenance import cpu_model  # noqa: E402
-
 from deltapatch.cache import FeatureCache  # noqa: E402
 from deltapatch.data import ImageFolderDataModule  # noqa: E402
 from deltapatch.data import image_cache as ic  # noqa: E402
+from deltapatch.provenance import cpu_model  # noqa: E402
 
 CASES = ("decode_jpeg", "read_imgcache", "delta1_jpeg", "delta1_imgcache", "delta1_featcache",
          "delta1_featcache_resident", "fc_jpeg", "fc_imgcache", "finetune_jpeg")

@@ -26,13 +26,12 @@ import time
 from bench_common import ROOT, emit_json, peak_rss_mb, render_tables
 
 import torch  # noqa: E402
-
-from deltapatch.provenance import cpu_model  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset  # noqa: E402
 
 import deltapatch.cli  # noqa: E402,F401  (numeric group choices: n_deltas=4)
+from deltapatch.provenance import cpu_model  # noqa: E402
 from deltapatch.training.module import TaskModule, make_task_module  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
