@@ -8,6 +8,9 @@ here on 2026-11-28 did not reproduce the one built on 2026-11-26 (docs/real_twin
 across processors for one set of versions: the ConvNeXt-Tiny base built on an Intel Xeon
 (2026-12-07) matched the one built on an AMD EPYC in every accuracy but not in its weights, so the
 processor and the instruction set torch dispatches to (``cpu``, ``cpu_capability``) are recorded too.
+Neither names a processor exactly: a Zen 5 AMD EPYC (2026-12-08) reports the model name of the Zen 2/3
+one and the capability of the Intel one, and built weights of its own, so the processor's identity
+(``cpu_id``: vendor, family/model/stepping) and its vector extensions (``cpu_isa``) are recorded as well.
 """
 from __future__ import annotations
 
@@ -49,11 +52,47 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo(source: Path | None = None) -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo``; empty where there is none."""
+    found: dict[str, str] = {}
+    try:
+        text = (source or CPUINFO).read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        if not line.strip():
+            break  # one processor is enough: all cores of a machine are alike here
+        key, _, value = line.partition(":")
+        found.setdefault(key.strip(), value.strip())
+    return found
+
+
+def cpu_id(source: Path | None = None) -> str | None:
+    """``<vendor> <family>/<model>/<stepping>`` (``AuthenticAMD 26/2/1``), which tells apart processors
+    that share a model name; ``None`` where ``/proc/cpuinfo`` (or ``source``) does not say."""
+    info = _cpuinfo(source)
+    if "vendor_id" not in info:
+        return None
+    return f"{info['vendor_id']} {info.get('cpu family', '?')}/{info.get('model', '?')}/{info.get('stepping', '?')}"
+
+
+def cpu_isa(source: Path | None = None) -> str | None:
+    """The processor's vector and matrix extensions (its ``avx*``, ``amx*`` and ``fma`` flags, sorted),
+    the ones that decide which kernels torch, oneDNN and MKL pick; ``None`` where unknown."""
+    flags = _cpuinfo(source).get("flags")
+    if flags is None:
+        return None
+    return " ".join(sorted(f for f in flags.split() if f.startswith(("avx", "amx")) or f == "fma"))
+
+
 @functools.lru_cache(maxsize=1)
 def software() -> dict[str, str | None]:
-    """``{"python": ..., <package>: <version or None>, ..., "git": ..., "cpu": ..., "cpu_capability": ...}``
-    of this process; ``cpu_capability`` is the kernel set torch dispatches to (``AVX2``, ``AVX512``, ...),
-    which ``ATEN_CPU_CAPABILITY`` can lower."""
+    """``{"python": ..., <package>: <version or None>, ..., "git": ..., "cpu": ..., "cpu_id": ...,
+    "cpu_isa": ..., "cpu_capability": ...}`` of this process; ``cpu_capability`` is the kernel set torch
+    dispatches to (``AVX2``, ``AVX512``, ...), which ``ATEN_CPU_CAPABILITY`` can lower."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -62,8 +101,10 @@ def software() -> dict[str, str | None]:
             found[name] = None
     found["git"] = git_commit()
     found["cpu"] = cpu_model()
+    found["cpu_id"] = cpu_id()
+    found["cpu_isa"] = cpu_isa()
     found["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return found
 
 
-__all__ = ["PACKAGES", "cpu_model", "git_commit", "software"]
+__all__ = ["PACKAGES", "cpu_id", "cpu_isa", "cpu_model", "git_commit", "software"]
