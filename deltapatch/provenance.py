@@ -41,17 +41,6 @@ def git_commit(where: str | Path = Path(__file__).parent) -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -68,6 +57,11 @@ def _cpuinfo(source: Path | None = None) -> dict[str, str]:
         key, _, value = line.partition(":")
         found.setdefault(key.strip(), value.strip())
     return found
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_id(source: Path | None = None) -> str | None:
